@@ -1,0 +1,121 @@
+import json
+
+import pytest
+
+from blockem_trl import LatentRecord, LatentSet, LatentSetError, SAEReference
+from blockem_trl.constants import LATENT_SET_FILENAME
+
+
+def make_latent_set(**overrides) -> LatentSet:
+    values = dict(
+        positive=[3, 17],
+        negative=[5],
+        hook_point="model.layers.19",
+        sae=SAEReference(path="some/sae", d_sae=64, content_hash="sha256:abc", architecture="standard", d_in=32),
+        model_name_or_path="tiny",
+        records=[LatentRecord(index=3, sign=1, activation_shift=0.25, screen={"repair_gain": 0.1})],
+        metadata={"prompts": ["hi"]},
+    )
+    values.update(overrides)
+    return LatentSet(**values)
+
+
+def test_round_trip_through_folder(tmp_path):
+    latents = make_latent_set()
+    path = latents.save_pretrained(tmp_path)
+    assert path.name == LATENT_SET_FILENAME
+    loaded = LatentSet.from_pretrained(tmp_path)
+    assert loaded == latents
+    assert LatentSet.from_pretrained(path) == latents
+
+
+def test_layer_index_follows_hook_point():
+    latents = make_latent_set()
+    assert latents.layer_index == 19
+    assert latents.indices == [3, 17, 5]
+    assert latents.signs == [1, 1, -1]
+    assert make_latent_set(hook_point="blocks.7.hook_resid_post").layer_index == 7
+
+
+def test_saved_file_states_convention(tmp_path):
+    make_latent_set().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / LATENT_SET_FILENAME).read_text())
+    assert data["schema_version"] == 1
+    assert "0-based" in data["layer_convention"]
+    assert data["hook_point"] == "model.layers.19"
+
+
+def test_overlapping_sets_rejected():
+    with pytest.raises(LatentSetError, match=r"\[5\] are in both K\+ and K-"):
+        make_latent_set(positive=[5, 6], negative=[5])
+
+
+def test_index_outside_sae_width_rejected():
+    with pytest.raises(LatentSetError, match="outside the SAE's width of 64"):
+        make_latent_set(positive=[64])
+    with pytest.raises(LatentSetError, match="width of 10"):
+        make_latent_set().validate(d_sae=10)
+
+
+@pytest.mark.parametrize("bad", [[-1], ["x"], [1.5]])
+def test_invalid_index_rejected(bad):
+    with pytest.raises(LatentSetError):
+        make_latent_set(positive=bad)
+
+
+def test_empty_and_duplicate_sets_rejected():
+    with pytest.raises(LatentSetError, match="empty"):
+        make_latent_set(positive=[], negative=[])
+    with pytest.raises(LatentSetError, match="more than once"):
+        make_latent_set(positive=[3, 3])
+
+
+def test_corrupt_file_rejected(tmp_path):
+    (tmp_path / LATENT_SET_FILENAME).write_text("{not json")
+    with pytest.raises(LatentSetError, match="corrupt"):
+        LatentSet.from_pretrained(tmp_path)
+
+
+def test_unknown_schema_version_rejected(tmp_path):
+    make_latent_set().save_pretrained(tmp_path)
+    file = tmp_path / LATENT_SET_FILENAME
+    data = json.loads(file.read_text())
+    data["schema_version"] = 99
+    file.write_text(json.dumps(data))
+    with pytest.raises(LatentSetError, match="schema_version 99"):
+        LatentSet.from_pretrained(tmp_path)
+
+
+def test_foreign_json_rejected(tmp_path):
+    (tmp_path / LATENT_SET_FILENAME).write_text(json.dumps({"positive": [1]}))
+    with pytest.raises(LatentSetError, match="not a blockem_trl latent set"):
+        LatentSet.from_pretrained(tmp_path)
+
+
+def test_folder_without_file_rejected(tmp_path):
+    with pytest.raises(LatentSetError, match="No latent_set.json"):
+        LatentSet.from_pretrained(tmp_path)
+
+
+def test_missing_hub_repo_offline_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LatentSetError, match="not in the local Hugging Face cache"):
+        LatentSet.from_pretrained("some-org/no-such-latent-set", cache_dir=tmp_path)
+
+
+def test_model_card_lists_sets():
+    card = make_latent_set().model_card()
+    assert "[3, 17]" in card
+    assert "model.layers.19" in card
+
+
+def test_loads_from_hub_cache_offline(monkeypatch, tmp_path):
+    # The layout huggingface_hub writes: models--{org}--{name}/refs/main and snapshots/{commit}/{file}.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--blockem--test-latents"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    make_latent_set().save_pretrained(repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = LatentSet.from_pretrained("blockem/test-latents", cache_dir=tmp_path)
+    assert loaded.positive == [3, 17]
