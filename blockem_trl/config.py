@@ -104,7 +104,10 @@ class BlockEMConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        self._validate_blocking_fields()
         super().__post_init__()
+
+    def _validate_blocking_fields(self) -> None:
         if self.block_reference not in REFERENCE_MODES:
             raise ValueError(
                 f"Invalid block_reference {self.block_reference!r}: choose one of {', '.join(REFERENCE_MODES)}."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -317,10 +318,10 @@ def _as_blockem_config(args, model) -> BlockEMConfig:
         name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
         return BlockEMConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-BlockEM")
     if isinstance(args, TrainingArguments):
-        values = args.to_dict()
-        values["hub_token"] = args.hub_token  # to_dict hides the token
+        # Read the fields directly: `to_dict` replaces tokens with placeholders.
         known = BlockEMConfig.__dataclass_fields__
-        return BlockEMConfig(**{k: v for k, v in values.items() if k in known and known[k].init})
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in known}
+        return BlockEMConfig(**values)
     raise TypeError(f"args must be a BlockEMConfig, SFTConfig or TrainingArguments, not {type(args).__name__}.")
 
 
