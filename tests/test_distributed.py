@@ -1,0 +1,87 @@
+"""BLOCK-EM under `accelerate launch`: two CPU processes (gloo) must train like one process on the same global batch.
+
+Each run is one SGD step over a global batch of 8 rows: one process with 4 rows per micro-batch and 2
+accumulation steps, or two processes with 2 rows each and 2 accumulation steps. The penalty is normalised
+over the step's selected tokens gathered from every process, so the logged loss, the logged penalty and the
+LoRA update must agree to float tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+LOGGED_VALUES = ("loss", "blockem/sft_loss", "blockem/penalty", "blockem/violating_token_fraction", "grad_norm")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment() -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }
+
+
+def _run(command: list[str], output: Path) -> dict:
+    completed = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    return torch.load(output, weights_only=False)
+
+
+def _single_process(tmp_path: Path) -> dict:
+    output = tmp_path / "single.pt"
+    command = [sys.executable, str(WORKER), "--output", str(output), "--per_device_batch_size", "4"]
+    return _run(command, output)
+
+
+def _two_processes(tmp_path: Path, *launch_options: str) -> dict:
+    output = tmp_path / "distributed.pt"
+    # `--cpu` makes accelerate 1.16 start a single process (several CPU processes need mpirun), so the
+    # processes are started as multi-GPU workers and ACCELERATE_USE_CPU=true keeps them on the CPU with gloo.
+    command = [
+        sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+        *launch_options,
+        str(WORKER), "--output", str(output), "--per_device_batch_size", "2",
+    ]  # fmt: skip
+    return _run(command, output)
+
+
+@pytest.fixture(scope="module")
+def single_process_result(tmp_path_factory) -> dict:
+    return _single_process(tmp_path_factory.mktemp("single"))
+
+
+def _assert_same_step(distributed: dict, single: dict) -> None:
+    assert distributed["num_processes"] == 2
+    assert single["num_processes"] == 1
+    assert single["logs"]["blockem/penalty"] > 0
+    assert distributed["logs"]["num_tokens"] == single["logs"]["num_tokens"]
+    for key in LOGGED_VALUES:
+        assert distributed["logs"][key] == pytest.approx(single["logs"][key], rel=1e-5), key
+    assert distributed["update"].keys() == single["update"].keys()
+    for name, update in single["update"].items():
+        assert update.abs().max() > 0, name
+        torch.testing.assert_close(distributed["update"][name], update, rtol=1e-4, atol=1e-7, msg=lambda message: f"{name}: {message}")
+
+
+def test_ddp_two_processes_match_one(tmp_path, single_process_result):
+    distributed = _two_processes(tmp_path, "--multi_gpu")
+    _assert_same_step(distributed, single_process_result)
