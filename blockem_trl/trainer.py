@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
+from .base_cache import BASE_LATENTS_KEY, BaseLatentsCollator, compute_base_latents
 from .config import BlockEMConfig
 from .constants import BLOCKING_CONFIG_FILENAME, LAYER_CONVENTION
 from .hooks import capture_residual, get_hook_module, hook_point_for_layer, run_until_captured, unwrap_model
@@ -26,9 +28,6 @@ from .sae import LatentEncoder, check_sae_compatibility, load_sae
 from .version import __version__
 
 logger = logging.getLogger(__name__)
-
-# Batch key under which the cached reference mode passes precomputed base latents, shape (batch, seq, |K|).
-BASE_LATENTS_KEY = "base_latents"
 
 
 class BlockEMSFTTrainer(SFTTrainer):
@@ -116,10 +115,12 @@ class BlockEMSFTTrainer(SFTTrainer):
         self.latent_signs = torch.tensor(self.latent_set.signs, dtype=torch.float32, device=self.accelerator.device)
 
         self.ref_model = None
-        if args.block_reference == "adapter":
+        if args.block_reference in ("adapter", "cached"):
             _check_has_adapter(self.model)
-        elif args.block_reference == "model":
+        if args.block_reference == "model":
             self.ref_model = self._prepare_reference_model(ref_model)
+        elif args.block_reference == "cached":
+            self._cache_base_latents()
         self._penalty_tokens_in_step: torch.Tensor | None = None
 
         if self.is_world_process_zero():
@@ -165,6 +166,42 @@ class BlockEMSFTTrainer(SFTTrainer):
             return prepare_fsdp(ref_model, self.accelerator)
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
+    def _cache_base_latents(self) -> None:
+        """Add the base latents to the prepared datasets and wrap the collator to batch them."""
+        if self.args.packing:
+            raise ValueError(
+                "block_reference='cached' stores base latents per example, but packing=True merges several examples "
+                "into one row. Set packing=False (padding_free=True without packing works), or use "
+                "block_reference='adapter'."
+            )
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        model = self.accelerator.unwrap_model(self.model)
+
+        def cache(dataset, split):
+            if not isinstance(dataset, Dataset):
+                raise ValueError(
+                    f"block_reference='cached' needs a map-style datasets.Dataset, but the {split} dataset is a "
+                    f"{type(dataset).__name__}. Use block_reference='adapter' for streaming datasets."
+                )
+            return compute_base_latents(
+                model, dataset, self.latent_encoder, self.hook_point,
+                batch_size=self.args.per_device_train_batch_size, pad_token_id=pad_token_id,
+                description=f"Caching base latents ({split})",
+            )
+
+        self.train_dataset = cache(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: cache(data, f"eval {name}") for name, data in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = cache(self.eval_dataset, "eval")
+        self.data_collator = BaseLatentsCollator(self.data_collator, padding_free=self.args.padding_free)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.args.block_reference == "cached" and BASE_LATENTS_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, BASE_LATENTS_KEY]
+
     # ------------------------------------------------------------------ loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -180,7 +217,12 @@ class BlockEMSFTTrainer(SFTTrainer):
 
         latents = self.latent_encoder(trained.output)
         if cached_base_latents is not None:
-            base_latents = cached_base_latents
+            base_latents = cached_base_latents.to(latents.device)
+        elif self.args.block_reference == "cached":
+            raise ValueError(
+                f"block_reference='cached' but the batch has no {BASE_LATENTS_KEY!r}: the data collator was replaced "
+                "after the trainer was built. Pass your collator to BlockEMSFTTrainer(data_collator=...) instead."
+            )
         else:
             base_latents = self.latent_encoder(self._base_residual(model, inputs))
         terms = blocking_penalty_terms(latents, base_latents, self.latent_signs, token_mask)
