@@ -88,7 +88,7 @@ class TransformersJudge(Judge):
                 ).to(device)
                 logits = self.model(**batch).logits[:, -1, :].float()
                 logprobs = torch.log_softmax(logits, dim=-1)
-                values, token_ids = logprobs.topk(self.cfg.top_k, dim=-1)
+                values, token_ids = logprobs.topk(min(self.cfg.top_k, logprobs.shape[-1]), dim=-1)
                 for row_values, row_ids in zip(values.tolist(), token_ids.tolist()):
                     top: dict[str, float] = {}
                     for token_id, logprob in zip(row_ids, row_values):
