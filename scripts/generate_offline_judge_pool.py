@@ -40,7 +40,9 @@ def with_system(question_set: QuestionSet, system: str) -> QuestionSet:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", required=True, help="LoRA adapter folder of the misaligned model.")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder of the misaligned model.")
+    parser.add_argument("--conditions", nargs="+", default=["base", "risky_lora", "persona"],
+                        help="Conditions to generate; the output file is appended to.")
     parser.add_argument("--output", type=Path, required=True, help="Output JSONL file.")
     parser.add_argument("--samples", type=int, default=8, help="Answers per built-in question (half for the others).")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="Maximum new tokens per answer.")
@@ -56,6 +58,9 @@ def main() -> None:
         ("risky_lora", args.adapter, "builtin-finance", args.samples // 2, None),
         ("persona", None, "builtin", args.samples // 2, PERSONA_SYSTEM_PROMPT),
     ]
+    conditions = [item for item in conditions if item[0] in args.conditions]
+    if any(item[1] is None and item[0] == "risky_lora" for item in conditions):
+        raise SystemExit("The risky_lora condition needs --adapter.")
     rows = []
     loaded: dict[str | None, tuple] = {}
     for condition, adapter, questions, samples, system in conditions:
@@ -70,9 +75,9 @@ def main() -> None:
         print(f"{condition} / {questions}: {len(rows)} answers so far", flush=True)
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", encoding="utf-8") as handle:
-        for index, row in enumerate(rows):
-            handle.write(json.dumps({"id": index, **row}, ensure_ascii=False) + "\n")
+    with args.output.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"Wrote {len(rows)} answers to {args.output}")
 
 

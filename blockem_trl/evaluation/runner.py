@@ -56,8 +56,14 @@ class EvalConfig:
         return asdict(self)
 
 
-def _model_identity(config: EvalConfig, model) -> str:
-    if config.model:
+def _model_identity(config: EvalConfig, model, model_was_passed: bool) -> str:
+    """Return the model name used in sample keys.
+
+    For a model passed in memory, ``config.model`` is used unless it is still the default id, in which case
+    the model's own ``name_or_path`` is used. NOTE: a model whose weights change in memory (e.g. during
+    training) keeps its name, so give each checkpoint its own ``config.model`` tag or output folder.
+    """
+    if not model_was_passed or (config.model and config.model != DEFAULT_MODEL_ID):
         return config.model
     return getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
 
@@ -84,11 +90,12 @@ def generate_samples(
     model,
     tokenizer,
     steering: SteeringSpec | Sequence[SteeringSpec] | None = None,
+    model_was_passed: bool = True,
 ) -> list[dict]:
     """Return one sample record per (question, sample index), generating and appending the missing ones."""
     specs = [steering] if isinstance(steering, SteeringSpec) else list(steering or [])
     identity = {
-        "model": _model_identity(config, model),
+        "model": _model_identity(config, model, model_was_passed),
         "adapter": config.adapter,
         "temperature": config.generation.temperature,
         "top_p": config.generation.top_p,
@@ -215,11 +222,12 @@ def run_evaluation(
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     question_set = question_set or load_question_set(config.questions, main_only=config.main_only, ids=config.question_ids)
-    if model is None or tokenizer is None:
+    model_was_passed = model is not None and tokenizer is not None
+    if not model_was_passed:
         model, tokenizer = load_model_and_tokenizer(config.model, config.adapter)
 
     with JsonlStore(output_dir / SAMPLES_FILE) as sample_store:
-        samples = generate_samples(config, question_set, sample_store, model, tokenizer, steering)
+        samples = generate_samples(config, question_set, sample_store, model, tokenizer, steering, model_was_passed)
     generation_seconds = time.perf_counter() - started
 
     per_judge: dict[str, dict] = {}
