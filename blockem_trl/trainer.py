@@ -97,6 +97,7 @@ class BlockEMSFTTrainer(SFTTrainer):
             )
 
         super().__init__(model, args, *sft_args, **sft_kwargs)
+        _check_parallelism(self.accelerator)
 
         self.latent_set = self._load_latent_set(latent_set)
         self.block_layer = args.block_layer if args.block_layer is not None else self.latent_set.layer_index
@@ -288,7 +289,9 @@ class BlockEMSFTTrainer(SFTTrainer):
         return terms.penalty_sum / terms.num_tokens.clamp(min=1)
 
     def _log_blocking_metrics(self, mode, sft_loss, penalty, terms: PenaltyTerms, num_items_in_batch) -> None:
-        gather = self.accelerator.gather_for_metrics
+        # One value per process: `gather_for_metrics` would cut the gathered values to the dataset remainder
+        # on the last batch, which is meant for per-sample tensors.
+        gather = self.accelerator.gather
         # A micro-batch loss normalised over the whole step is 1/GA of the step's value: rescale it so the logged
         # average over micro-batches is on the scale of the logged `loss`.
         steps = self.current_gradient_accumulation_steps if mode == "train" and num_items_in_batch is not None else 1
@@ -380,6 +383,20 @@ def _build_reference_model(model, args: BlockEMConfig, ref_model):
     if hasattr(reference, "peft_config"):  # a LoRA-injected base model: drop the adapter layers
         reference = reference.unload()
     return reference
+
+
+def _check_parallelism(accelerator) -> None:
+    """Reject context and sequence parallelism, which split each sequence across processes."""
+    config = getattr(accelerator, "parallelism_config", None)
+    if config is None:
+        return
+    if config.cp_enabled or config.sp_enabled:
+        raise ValueError(
+            f"BlockEMSFTTrainer does not support context parallelism (cp_size={config.cp_size}) or sequence "
+            f"parallelism (sp_size={config.sp_size}): the penalty's token count and normalisation assume that "
+            "every process holds whole sequences. Set cp_size=1 and sp_size=1 and scale out with data "
+            "parallelism (DDP, FSDP or DeepSpeed ZeRO) instead."
+        )
 
 
 def _check_has_adapter(model: nn.Module) -> None:

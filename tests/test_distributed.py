@@ -4,6 +4,9 @@ Each run is one SGD step over a global batch of 8 rows: one process with 4 rows 
 accumulation steps, or two processes with 2 rows each and 2 accumulation steps. The penalty is normalised
 over the step's selected tokens gathered from every process, so the logged loss, the logged penalty and the
 LoRA update must agree to float tolerance.
+
+The same launch also shards the model with FSDP2 (`fully_shard`, which runs on gloo) and checks that
+`compute_loss` on the sharded model gives the penalty and gradients of the unsharded model.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def _single_process(tmp_path: Path) -> dict:
     return _run(command, output)
 
 
-def _two_processes(tmp_path: Path, *launch_options: str) -> dict:
+def _two_processes(tmp_path: Path) -> dict:
     output = tmp_path / "distributed.pt"
     # `--cpu` makes accelerate 1.16 start a single process (several CPU processes need mpirun), so the
     # processes are started as multi-GPU workers and ACCELERATE_USE_CPU=true keeps them on the CPU with gloo.
@@ -58,8 +61,7 @@ def _two_processes(tmp_path: Path, *launch_options: str) -> dict:
         sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-        *launch_options,
-        str(WORKER), "--output", str(output), "--per_device_batch_size", "2",
+        "--multi_gpu", str(WORKER), "--output", str(output), "--per_device_batch_size", "2", "--check_fsdp2",
     ]  # fmt: skip
     return _run(command, output)
 
@@ -67,6 +69,11 @@ def _two_processes(tmp_path: Path, *launch_options: str) -> dict:
 @pytest.fixture(scope="module")
 def single_process_result(tmp_path_factory) -> dict:
     return _single_process(tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture(scope="module")
+def two_process_result(tmp_path_factory) -> dict:
+    return _two_processes(tmp_path_factory.mktemp("distributed"))
 
 
 def _assert_same_step(distributed: dict, single: dict) -> None:
@@ -82,6 +89,19 @@ def _assert_same_step(distributed: dict, single: dict) -> None:
         torch.testing.assert_close(distributed["update"][name], update, rtol=1e-4, atol=1e-7, msg=lambda message: f"{name}: {message}")
 
 
-def test_ddp_two_processes_match_one(tmp_path, single_process_result):
-    distributed = _two_processes(tmp_path, "--multi_gpu")
-    _assert_same_step(distributed, single_process_result)
+def test_ddp_two_processes_match_one(two_process_result, single_process_result):
+    assert two_process_result["distributed_type"] == "DistributedType.MULTI_CPU"
+    _assert_same_step(two_process_result, single_process_result)
+
+
+def test_fsdp2_sharded_loss_matches_unsharded(two_process_result):
+    fsdp2 = two_process_result["fsdp2"]
+    assert fsdp2["sharded_parameters"]
+    assert fsdp2["reference_penalty"] > 0
+    assert fsdp2["sharded_penalty"] == pytest.approx(fsdp2["reference_penalty"], rel=1e-5)
+    assert fsdp2["sharded_gradients"].keys() == fsdp2["reference_gradients"].keys()
+    for name, gradient in fsdp2["reference_gradients"].items():
+        assert gradient.abs().max() > 0, name
+        # Each process pads only its own rows, so sums run in another order: compare relative to the norm.
+        error = (fsdp2["sharded_gradients"][name] - gradient).norm() / gradient.norm()
+        assert error < 1e-5, f"{name}: relative error {error:.2e}"
