@@ -105,3 +105,27 @@ def test_fsdp2_sharded_loss_matches_unsharded(two_process_result):
         # Each process pads only its own rows, so sums run in another order: compare relative to the norm.
         error = (fsdp2["sharded_gradients"][name] - gradient).norm() / gradient.norm()
         assert error < 1e-5, f"{name}: relative error {error:.2e}"
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    "file_name, distributed_type, settings",
+    [
+        ("ddp.yaml", "MULTI_GPU", {}),
+        ("fsdp2.yaml", "FSDP", {"fsdp_version": 2}),
+        ("deepspeed_zero2.yaml", "DEEPSPEED", {"zero_stage": 2}),
+        ("deepspeed_zero3.yaml", "DEEPSPEED", {"zero_stage": 3}),
+    ],
+)
+def test_accelerate_recipe_parses(file_name, distributed_type, settings):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(RECIPES / file_name))
+    assert config.distributed_type.name == distributed_type
+    assert config.num_processes > 1
+    assert not config.use_cpu
+    plugin_settings = config.fsdp_config if distributed_type == "FSDP" else config.deepspeed_config
+    for key, value in settings.items():
+        assert plugin_settings[key] == value, key
