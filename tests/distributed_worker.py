@@ -147,6 +147,16 @@ def check_fsdp2(output_dir: str, rows: int = 4) -> dict:
     }
 
 
+def map_squares(count: int) -> list[str]:
+    """Square ``range(count)`` with `map_across_processes`, passing each item's index as an aligned sequence."""
+    from blockem_trl.distributed import map_across_processes
+
+    def square(share, labels):
+        return [f"{label}:{item * item}" for item, label in zip(share, labels)]
+
+    return map_across_processes(square, list(range(count)), [str(i) for i in range(count)])
+
+
 def _is_sharded(model) -> bool:
     wrapped = any("_fsdp_wrapped_module" in name for name, _ in model.named_modules())
     return wrapped or any(hasattr(parameter, "full_tensor") for parameter in model.parameters())
@@ -181,6 +191,7 @@ def main() -> None:
         result = run_step(output_dir, options.per_device_batch_size, options.gradient_accumulation_steps)
         if options.check_fsdp2:
             result["fsdp2"] = check_fsdp2(output_dir)
+        result["mapped"] = map_squares(7)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(result, options.output)
 

@@ -94,6 +94,33 @@ def test_ddp_two_processes_match_one(two_process_result, single_process_result):
     _assert_same_step(two_process_result, single_process_result)
 
 
+def test_map_across_processes_keeps_order(two_process_result):
+    # 7 items over 2 processes: uneven shares of 4 and 3 items.
+    assert two_process_result["mapped"] == [f"{i}:{i * i}" for i in range(7)]
+
+
+def test_map_across_one_process():
+    from blockem_trl.distributed import map_across_processes
+
+    assert map_across_processes(lambda share, labels: [f"{x}{y}" for x, y in zip(share, labels)], [1, 2], ["a", "b"]) == ["1a", "2b"]
+
+
+def test_map_across_processes_rejects_misaligned():
+    from blockem_trl.distributed import map_across_processes
+
+    with pytest.raises(ValueError, match="has 1 entries but there are 2 items"):
+        map_across_processes(lambda share, labels: share, [1, 2], ["a"])
+
+
+def test_vllm_generate_reports_missing_vllm():
+    from blockem_trl.distributed import is_vllm_available, vllm_generate_answers
+
+    if is_vllm_available():
+        pytest.skip("vLLM is installed")
+    with pytest.raises(ImportError, match="needs vLLM, which is not installed"):
+        vllm_generate_answers("some/model", ["hello"])
+
+
 def test_fsdp2_sharded_loss_matches_unsharded(two_process_result):
     fsdp2 = two_process_result["fsdp2"]
     assert fsdp2["sharded_parameters"]
