@@ -25,7 +25,7 @@ def map_across_processes(
     """Call ``function`` on this process's contiguous share of ``items`` and return all results on every process.
 
     ``aligned`` sequences (or ``None``) have one entry per item and are split the same way, so
-    ``function(share, *aligned_shares)`` sees matching entries. ``function`` must return one result per item
+    ``function(share, *aligned_shares)`` receives matching entries. ``function`` must return one result per item
     of its share. Results come back in the order of ``items``. Without several processes this is
     ``function(items, *aligned)``. Every process must call it, because the results are gathered with a
     collective operation.
@@ -43,8 +43,8 @@ def map_across_processes(
         share = list(share)
     results: list[Result] = []
     if share:
-        shared_aligned = [None if sequence is None else [sequence[i] for i in share] for sequence in aligned]
-        results = list(function([items[i] for i in share], *shared_aligned))
+        aligned_shares = [None if sequence is None else [sequence[i] for i in share] for sequence in aligned]
+        results = list(function([items[i] for i in share], *aligned_shares))
         if len(results) != len(share):
             raise ValueError(
                 f"function returned {len(results)} results for {len(share)} items on process {state.process_index}."
@@ -121,8 +121,8 @@ def vllm_generate_answers(
             "torch and CUDA versions (`pip install vllm`), or generate with "
             "blockem_trl.evaluation.generation.generate_answers."
         )
-    # NOTE: written against vLLM's `LLM.chat`, `SamplingParams` and `LoRARequest` API, but not run here: the
-    # CPU-only test machine cannot install vLLM.
+    # NOTE: this path has not been run. It follows the `LLM.chat`, `SamplingParams` and
+    # `vllm.lora.request.LoRARequest` API of the vLLM documentation, without a pinned vLLM version.
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
