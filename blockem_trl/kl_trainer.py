@@ -61,7 +61,7 @@ class KLSFTTrainer(SFTTrainer):
             kl = kl_sum / torch.as_tensor(num_items_in_batch).clamp(min=1)
             if self.args.average_tokens_across_devices:
                 kl = kl * (self.accelerator.num_processes // self.get_tp_size())
-            steps = self.current_gradient_accumulation_steps
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by `Trainer.train`
         else:
             kl = kl_sum / predicting.sum().clamp(min=1)
             steps = 1

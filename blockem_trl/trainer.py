@@ -294,7 +294,10 @@ class BlockEMSFTTrainer(SFTTrainer):
         gather = self.accelerator.gather
         # A micro-batch loss normalised over the whole step is 1/GA of the step's value: rescale it so the logged
         # average over micro-batches is on the scale of the logged `loss`.
-        steps = self.current_gradient_accumulation_steps if mode == "train" and num_items_in_batch is not None else 1
+        steps = 1
+        if mode == "train" and num_items_in_batch is not None:
+            # Set by `Trainer.train`; absent when `training_step` is called directly.
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)
         num_tokens = gather(terms.num_tokens.reshape(1)).sum().clamp(min=1)
         num_positive = int((self.latent_signs > 0).sum())
         num_negative = len(self.latent_signs) - num_positive
