@@ -67,7 +67,7 @@ class KLSFTTrainer(SFTTrainer):
             steps = 1
         loss = sft_loss + self.args.kl_lambda * kl
 
-        gather = self.accelerator.gather_for_metrics
+        gather = self.accelerator.gather  # one value per process, see BlockEMSFTTrainer._log_blocking_metrics
         self._metrics[mode]["kl/sft_loss"].append(gather(sft_loss.detach().reshape(1)).mean().item() * steps)
         self._metrics[mode]["kl/kl"].append(gather(kl.detach().reshape(1)).mean().item() * steps)
         return (loss, outputs[1]) if return_outputs else loss
