@@ -58,9 +58,9 @@ class LatentSetBuilder(TrainerCallback):
         latent_set = builder.build(base_model, "path/to/misaligned_lora", tokenizer)
         ```
 
-    As a callback, attach it to a misaligning `SFTTrainer` run with a LoRA adapter: in ``on_train_end`` it
+    As a callback, attach it to a misaligning `SFTTrainer` run with a LoRA adapter. In ``on_train_end`` it
     builds K from the trained adapter (turned off for the base model) and saves ``latent_set.json`` into
-    ``args.output_dir``, with the stage files under ``<output_dir>/latent_discovery`` unless
+    ``args.output_dir``. The stage files go to ``<output_dir>/latent_discovery`` unless
     ``config.output_dir`` is set.
     """
 
@@ -90,7 +90,7 @@ class LatentSetBuilder(TrainerCallback):
             sae_name: folder, release or id recorded for an SAE passed as an object.
 
         Raises:
-            BuilderSettingsError: if ``config.output_dir`` holds results of other settings.
+            BuilderSettingsError: if ``config.output_dir`` contains results of other settings.
         """
         sae_object, sae_name = self._resolve_sae(sae, sae_name)
         pair = ModelPair(base_model, misaligned, base_name=base_name)
@@ -216,7 +216,8 @@ class LatentSetBuilder(TrainerCallback):
         config = self.config
         step = config.samples_per_prompt
         batch = ReferenceBatch(tokenizer, prompts, baselines["misaligned"]["answers"][::step],
-                               baselines["base"]["answers"][::step], config.max_length)
+                               baselines["base"]["answers"][::step], config.max_length,
+                               config.prescreen_answer_tokens)
         records = prescreen_candidates(pair, tokenizer, sae, candidates, batch, hook_point, mean_norm,
                                        config.induce_coefficient, config.repair_coefficient,
                                        store.records("prescreen"), config.batch_size, config.progress)

@@ -66,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sae-id", default=None, help="SAE id inside a sae-lens release, for example 'layer_19'.")
     parser.add_argument("--output-dir", required=True, help="Folder for the stage files and latent_set.json.")
     parser.add_argument("--quick", action="store_true",
-                        help="Start from BuilderConfig.quick() (small candidate pool, short answers, prescreen) instead of the full defaults.")
+                        help="Start from BuilderConfig.quick() (small candidate pool, short generations, prescreen) instead of the full defaults.")
     parser.add_argument("--device", default="cpu", help="Torch device of the models and the SAE, for example 'cuda'.")
     parser.add_argument("--dtype", default="float32", help="Torch dtype of the models (float32, bfloat16, float16).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")

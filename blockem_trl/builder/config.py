@@ -4,9 +4,9 @@ Layer convention: ``hook_point`` is the module path of the decoder block whose o
 for example ``model.layers.19``: the output of 0-based block 19, which equals ``hidden_states[20]``.
 
 Steering strength convention: a coefficient ``alpha`` adds ``alpha * mean_norm * unit_direction`` to the
-residual stream at the hook point, where ``mean_norm`` is the mean L2 norm of the base model's residual
-stream at that hook point over the discovery prompts' tokens (system-prompt tokens excluded). It is
-measured in stage 1 and stored with the results.
+residual stream at the hook point. ``mean_norm`` is the mean L2 norm of the base model's residual stream
+at that hook point over the discovery prompts' tokens (system-prompt tokens excluded). Stage 1 measures
+it, and it is stored with the results.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ PASS_RULES = ("both", "either", "score")
 SCREEN_METRICS = ("misalignment_rate", "mean_aligned")
 CALIBRATION_MODES = ("both", "induce", "repair")
 
-# Fields that never change a result: they are left out of the settings hashes.
-NON_RESULT_FIELDS = frozenset({"output_dir", "overwrite", "progress", "save_latent_set"})
-
-# Fields read by each stage. A stage's hash also covers the stages before it.
+# Fields read by each stage, hashed to detect changed settings. A stage's hash also covers the stages
+# before it. The other fields (output_dir, overwrite, progress, save_latent_set) never change a result.
 STAGE1_FIELDS = ("prompts", "max_prompts", "all_paraphrases", "system_prompt", "exclude_system_tokens",
                  "hook_point", "num_candidates", "batch_size", "max_length")
-PRESCREEN_FIELDS = ("prescreen", "prescreen_keep", "prescreen_audit", "induce_coefficient",
+PRESCREEN_FIELDS = ("prescreen", "prescreen_keep", "prescreen_audit", "prescreen_answer_tokens", "induce_coefficient",
                     "repair_coefficient", "max_new_tokens", "seed")
 SCREEN_FIELDS = ("induce_coefficient", "repair_coefficient", "max_new_tokens", "temperature",
                  "samples_per_prompt", "seed", "screen_metric", "pass_rule", "min_induce_gain",
@@ -94,6 +92,11 @@ class BuilderConfig:
         metadata={"help": "Send only the best this many candidates by prescreen score to the generation "
                           "screen. None sends all, which measures the agreement of the two screens on every "
                           "candidate."},
+    )
+    prescreen_answer_tokens: int = field(
+        default=32,
+        metadata={"help": "Reference answers are cut to this many tokens in the prescreen, which bounds its "
+                          "cost per candidate."},
     )
     prescreen_audit: int = field(
         default=0,
@@ -170,7 +173,7 @@ class BuilderConfig:
         self._check_choice("screen_metric", SCREEN_METRICS)
         self._check_choice("calibration_mode", CALIBRATION_MODES)
         for name in ("num_candidates", "batch_size", "max_length", "max_new_tokens", "samples_per_prompt",
-                     "num_latents", "judge_batch_size"):
+                     "num_latents", "judge_batch_size", "prescreen_answer_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BuilderConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.prescreen_keep is not None and self.prescreen_keep < 1:
@@ -190,23 +193,28 @@ class BuilderConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> BuilderConfig:
-        """Return the preset for a small model on CPU: fewer candidates, short answers, teacher-forced pruning.
+        """Return the preset for a small model on CPU: fewer candidates, short generations, teacher-forced pruning.
 
-        The preset screens 24 candidates per direction with the prescreen, generates for the best 12 plus 4
-        audited ones, and calibrates over 4 strengths with the smooth ``mean_aligned`` measure.
+        The preset uses one paraphrase per question, prescreens 16 candidates per direction, generates for
+        the best 8 plus 4 audited ones, and calibrates over 3 strengths with the smoother ``mean_aligned``
+        measure. With ``prescreen=False`` every candidate goes to the generation screen.
         """
         settings: dict[str, Any] = {
-            "num_candidates": 24,
+            "all_paraphrases": False,
+            "num_candidates": 16,
             "prescreen": True,
-            "prescreen_keep": 12,
+            "prescreen_keep": 8,
             "prescreen_audit": 4,
-            "max_new_tokens": 48,
+            "prescreen_answer_tokens": 24,
+            "max_new_tokens": 40,
             "batch_size": 16,
             "screen_metric": "mean_aligned",
-            "calibration_coefficients": (0.4, 0.7, 1.0, 1.5),
+            "calibration_coefficients": (0.4, 0.8, 1.2),
             "calibration_mode": "both",
             "incoherence_relative": True,
         }
+        if overrides.get("prescreen") is False:
+            settings.update(prescreen_keep=None, prescreen_audit=0)
         settings.update(overrides)
         return cls(**settings)
 

@@ -39,7 +39,7 @@ def _is_peft_model(model: nn.Module) -> bool:
 
 
 class ModelPair:
-    """Gives `base()` and `misaligned()` context managers over the two models compared by the builder.
+    """The two models compared by the builder, behind the `base()` and `misaligned()` context managers.
 
     Accepts a base model plus either a separate misaligned model, a merged checkpoint folder, or a LoRA
     adapter folder. An adapter folder is loaded onto the base model with PEFT, which modifies the base

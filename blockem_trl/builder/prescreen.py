@@ -3,8 +3,8 @@
 Reference answers are the unsteered greedy answers of the two models: the misaligned model's answer and the
 base model's answer to each discovery prompt. For a model, the preference for misalignment is the mean over
 prompts of (mean token log-likelihood of the misaligned answer) minus (that of the base answer). The induce
-gain is how much steering the base model towards the latent's sign raises that preference; the repair gain
-is how much steering the misaligned model against the sign lowers it. Each costs one forward pass over
+gain is the rise of that preference when the base model is steered towards the latent's sign. The repair
+gain is its drop when the misaligned model is steered against the sign. Each costs one forward pass over
 2 x prompts sequences, with no generation and no judge.
 """
 
@@ -29,16 +29,20 @@ logger = logging.getLogger(__name__)
 
 
 class ReferenceBatch:
-    """Chat prompts followed by reference answers, right-padded, with a mask of the answer tokens."""
+    """Chat prompts followed by reference answers, right-padded, with a mask of the answer tokens.
+
+    Answers are cut to ``answer_tokens`` tokens when it is set.
+    """
 
     def __init__(self, tokenizer, prompts: Sequence[DiscoveryPrompt], misaligned_answers: Sequence[str],
-                 aligned_answers: Sequence[str], max_length: int):
+                 aligned_answers: Sequence[str], max_length: int, answer_tokens: int | None = None):
         sequences, answer_masks = [], []
         for answers in (misaligned_answers, aligned_answers):
             for prompt, answer in zip(prompts, answers):
                 prompt_ids = tokenizer(render_chat(tokenizer, as_messages(prompt.text, prompt.system)),
                                        add_special_tokens=False)["input_ids"]
-                answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+                answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:answer_tokens]
+                answer_ids = answer_ids or [tokenizer.eos_token_id]
                 ids = (prompt_ids + answer_ids)[-max_length:]
                 answer_length = min(len(answer_ids), len(ids) - 1)
                 sequences.append(ids)
@@ -133,9 +137,9 @@ def choose_for_generation(candidates: Sequence[Candidate], prescreen: dict[int, 
 def screen_agreement(prescreen: dict[int, dict], screen: Sequence[dict], rule: str) -> dict[str, float]:
     """Compare the prescreen with the generation screen on the candidates both scored.
 
-    Returns the share of candidates on which both screens give the same pass/fail (the prescreen applies
-    ``rule`` to its own gains with zero minimums, because its gains are in log-likelihood units), the
-    Spearman correlation of their scores, and the number of candidates compared.
+    Returns the share of candidates on which both screens give the same pass/fail verdict, the Spearman
+    correlation of their scores, and the number of candidates compared. The prescreen applies ``rule`` to
+    its own gains with zero minimums, because its gains are in log-likelihood units.
     """
     from .stage2_screen import passes
 

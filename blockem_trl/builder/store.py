@@ -1,6 +1,6 @@
 """Resumable stage files: settings hashes, JSONL records flushed line by line, and the stage-1 tensors.
 
-A build folder holds ``settings.json`` (each stage's settings and their hash), one JSONL file per stage
+A build folder contains ``settings.json`` (each stage's settings and their hash), one JSONL file per stage
 (``<stage>.jsonl``, one line per candidate or per candidate and strength) and ``stage1_stats.safetensors``.
 A rerun with the same settings skips every record already written. A stage whose settings changed raises
 `BuilderSettingsError` naming the changed fields, unless ``overwrite`` is set, in which case the files of
@@ -30,7 +30,7 @@ STAGE1_TENSORS_FILENAME = "stage1_stats.safetensors"
 
 
 class BuilderSettingsError(RuntimeError):
-    """Raised when a build folder holds results computed with other settings."""
+    """Raised when a build folder contains results computed with other settings."""
 
 
 class MemoryRecords:
@@ -85,7 +85,7 @@ class BuildStore:
         """Record ``settings`` for ``stage`` (chained to the earlier stages) and return the stage hash.
 
         Raises:
-            BuilderSettingsError: if the folder holds this stage's results for other settings and
+            BuilderSettingsError: if the folder contains this stage's results for other settings and
                 ``overwrite`` is False.
         """
         index = STAGES.index(stage)
@@ -96,7 +96,7 @@ class BuildStore:
             changes = _changed_fields(stored["settings"], chained)
             if not self.overwrite:
                 raise BuilderSettingsError(
-                    f"The build folder {self.directory} holds {stage} results computed with other settings "
+                    f"The build folder {self.directory} contains {stage} results computed with other settings "
                     f"(hash {stored['hash']}, now {stage_hash}). Changed: {'; '.join(changes) or 'an earlier stage'}. "
                     "Use another output_dir, restore the old settings to resume, or set overwrite=True "
                     "(--overwrite) to delete this stage's and later stages' results."

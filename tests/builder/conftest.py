@@ -11,6 +11,9 @@ from tests.conftest import make_model, make_sae, make_tokenizer
 
 LAYER = 1
 
+# For models this small, thread synchronisation costs more than a second thread gains.
+torch.set_num_threads(1)
+
 
 class WordJudge(Judge):
     """Deterministic stand-in judge: the aligned score falls with the share of words ``w0``-``w27``.

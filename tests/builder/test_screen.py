@@ -96,7 +96,8 @@ def test_choose_keeps_best_and_audits_rest():
     assert [c.index for c in chosen[:3]] == [9, 8, 7]
     assert audited == {6, 0}
     everything, none = choose_for_generation(candidates, prescreen, keep=None, audit=2)
-    assert len(everything) == 10 and none == set()
+    assert len(everything) == 10
+    assert none == set()
 
 
 def test_agreement_counts_matching_verdicts():
@@ -122,7 +123,8 @@ def test_calibration_respects_budget():
     assert calibration.effect == pytest.approx(0.3)
     assert calibration.num_admissible == 2
     none = summarize(8, records[2:], budget=0.1)
-    assert none.best_coefficient is None and math.isinf(none.effect)
+    assert none.best_coefficient is None
+    assert math.isinf(none.effect)
 
 
 def test_ranking_drops_inadmissible_and_breaks_ties():
