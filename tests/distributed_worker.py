@@ -27,7 +27,7 @@ _TESTS = Path(__file__).resolve().parent
 
 def _load_conftest():
     # The launched processes are not under pytest, so load the shared factories by path.
-    spec = importlib.util.spec_from_file_location("blockem_tests_conftest", _TESTS / "conftest.py")
+    spec = importlib.util.spec_from_file_location("blockem_tests_factories", _TESTS / "factories.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_dataset, make_model, make_sae, make_tokenizer
+from tests.factories import make_dataset, make_model, make_sae, make_tokenizer
 from peft import LoraConfig
 
 from blockem_trl import BlockEMConfig, BlockEMSFTTrainer, LatentSet, load_sae

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_model
+from tests.factories import make_model
 from peft import LoraConfig, get_peft_model
 from transformers import (
     GemmaConfig,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_dataset, make_model, make_tokenizer
+from tests.factories import make_dataset, make_model, make_tokenizer
 from peft import LoraConfig
 
 from blockem_trl.kl_config import KLConfig

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 import torch
-from conftest import HIDDEN_SIZE, make_sae
+from tests.factories import HIDDEN_SIZE, make_sae
 from sae_lens import GatedSAE, GatedSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import HIDDEN_SIZE, make_dataset, make_model, make_sae, make_tokenizer
+from tests.factories import HIDDEN_SIZE, make_dataset, make_model, make_sae, make_tokenizer
 from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from blockem_trl.evaluation import Judge, Judgment
-from tests.conftest import make_model, make_sae, make_tokenizer
+from tests.factories import make_model, make_sae, make_tokenizer
 
 LAYER = 1
 

@@ -11,7 +11,7 @@ from blockem_trl.builder import BuilderConfig, LatentSetBuilder
 from blockem_trl.builder.cli import add_parser, config_from_args
 from blockem_trl.latents import LatentSet
 from tests.builder.conftest import WordJudge
-from tests.conftest import make_dataset
+from tests.factories import make_dataset
 
 
 def test_callback_builds_after_training(tmp_path, base_model, tokenizer, sae, prompt_file):

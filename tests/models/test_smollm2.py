@@ -21,7 +21,7 @@ from blockem_trl.models.smollm2 import (
     load_default_model,
     resolve_model_path,
 )
-from tests.conftest import make_model, make_tokenizer
+from tests.factories import make_model, make_tokenizer
 
 HAS_GGUF_PACKAGE = importlib.util.find_spec(smollm2.GGUF_PACKAGE) is not None
 
