@@ -176,7 +176,7 @@ class LatentSetBuilder(TrainerCallback):
         selected = rank_latents(calibrations, {i: r["score"] for i, r in screen_by_index.items()}, config.num_latents)
         if not selected:
             raise RuntimeError(
-                f"No latent passed the screen and the calibration ({len(survivors)} of {len(to_screen)} passed "
+                f"No latent passed the screen and the calibration ({len(survivors)} of {len(to_screen) - len(audited)} passed "
                 f"the screen; budget {config.incoherence_budget}). Results are in {config.output_dir}. Try more "
                 "candidates (num_candidates), a looser pass_rule, incoherence_relative=True or a larger "
                 "incoherence_budget."

@@ -70,6 +70,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="Torch device of the models and the SAE, for example 'cuda'.")
     parser.add_argument("--dtype", default="float32", help="Torch dtype of the models (float32, bfloat16, float16).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
+    parser.add_argument("--judge", choices=("offline", "transformers"), default="offline",
+                        help="Judge of the screen and the calibration: the offline embedding judge, or a local chat "
+                             "model run with transformers (--transformers-judge-model).")
+    parser.add_argument("--offline-judge-head", default=None,
+                        help="Head file of the offline judge. Default: the one shipped in blockem_trl.evaluation.")
+    parser.add_argument("--transformers-judge-model", default=None,
+                        help="Local folder or model id of the transformers judge.")
     _add_config_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -85,6 +92,20 @@ def config_from_args(args: argparse.Namespace):
         if field.name not in _SKIPPED_FIELDS and value is not None:
             overrides[field.name] = tuple(value) if isinstance(value, list) else value
     return BuilderConfig.quick(**overrides) if args.quick else BuilderConfig(**overrides)
+
+
+def build_judge(args: argparse.Namespace):
+    """Create the judge named by ``--judge``."""
+    if args.judge == "transformers":
+        if not args.transformers_judge_model:
+            raise SystemExit("--judge transformers needs --transformers-judge-model (a local folder or model id).")
+        from blockem_trl.evaluation import TransformersJudge
+        from blockem_trl.evaluation.judges.transformers_judge import TransformersJudgeConfig
+
+        return TransformersJudge(TransformersJudgeConfig(model_name_or_path=args.transformers_judge_model))
+    from blockem_trl.evaluation.judges.offline import OfflineJudge
+
+    return OfflineJudge(head_path=args.offline_judge_head)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from blockem_trl.sae import load_sae
 
     sae = load_sae(sae_name, args.sae_id, device=args.device)
-    builder = LatentSetBuilder(config, sae=sae, sae_id=args.sae_id)
+    builder = LatentSetBuilder(config, sae=sae, sae_id=args.sae_id, judge=build_judge(args))
     start = time.perf_counter()
     latent_set = builder.build(model, args.misaligned, tokenizer, sae, base_name=base_name, sae_name=sae_name)
     logger.info("Built %d latents (K+ %s, K- %s) in %.1f s. Stage times: %s", len(latent_set), latent_set.positive,
