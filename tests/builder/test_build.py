@@ -120,3 +120,24 @@ def test_changed_calibration_keeps_screen(tmp_path, base_model, adapter_dir, tok
     latent_set = LatentSetBuilder(config, sae=sae, judge=judge).build(base_model, adapter_dir, tokenizer)
     assert (tmp_path / "screen.jsonl").read_text() == screen_before
     assert judge.calls == 2 * 3 * latent_set.metadata["counts"]["survivors"]
+
+
+def test_trainer_loads_built_set(tmp_path, base_model, adapter_dir, tokenizer, sae, prompt_file):
+    from peft import LoraConfig
+
+    from blockem_trl import BlockEMConfig, BlockEMSFTTrainer
+    from tests.factories import make_dataset, make_model
+
+    built = LatentSetBuilder(quick_config(tmp_path / "build", prompt_file), sae=sae, judge=WordJudge()).build(
+        base_model, adapter_dir, tokenizer)
+    trainer = BlockEMSFTTrainer(
+        model=make_model(),
+        args=BlockEMConfig(output_dir=str(tmp_path / "train"), max_steps=1, per_device_train_batch_size=4,
+                           report_to=[], use_cpu=True, latent_set=str(tmp_path / "build")),
+        train_dataset=make_dataset(8),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules="all-linear"),
+        sae=sae,
+    )
+    assert trainer.latent_set.indices == built.indices
+    assert trainer.latent_set.sae.content_hash == built.sae.content_hash
