@@ -26,7 +26,7 @@ METRICS_FILENAME = "metrics.json"
 
 
 def default_sae_path() -> Path:
-    """Return the package folder that holds the embedded SAE (`cfg.json`, `sae_weights.safetensors`, `metrics.json`)."""
+    """Return the package folder that contains the embedded SAE (`cfg.json`, `sae_weights.safetensors`, `metrics.json`)."""
     return SAE_PACKAGE_DIR / DEFAULT_SAE_SUBDIR
 
 

@@ -86,7 +86,8 @@ def load_from_gguf(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model and tokenizer straight from the GGUF file, dequantizing every tensor.
 
-    Measured: 10 s on an idle 2-core CPU for the dequantization alone, more when other processes share the CPU.
+    Measured on a 2-core CPU: 3 s for the dequantization and 25 s for the first load with saving, longer
+    when other processes share the CPU.
 
     `GgufConfig(dequantize=True)` drops the GGUF quantizer after loading. Without it transformers marks the
     model as quantized and `Trainer` rejects it for fine-tuning.
