@@ -377,15 +377,23 @@ def _build_reference_model(model, args: BlockEMConfig, ref_model):
     """Return the frozen reference model for ``block_reference='model'``, built before PEFT wraps ``model``."""
     if isinstance(ref_model, str) or (ref_model is None and args.reference_model_name_or_path is not None):
         path = _resolve_model_id(ref_model if ref_model is not None else args.reference_model_name_or_path)
-        return AutoModelForCausalLM.from_pretrained(path, **(args.model_init_kwargs or {}))
+        return _load_reference(path, args)
     if ref_model is not None:
         return ref_model
     if isinstance(model, str):
-        return AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
-    reference = copy.deepcopy(unwrap_model(model))
-    if hasattr(reference, "peft_config"):  # a LoRA-injected base model: drop the adapter layers
-        reference = reference.unload()
-    return reference
+        return _load_reference(model, args)
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    if hasattr(model, "peft_config"):  # a PeftModel: copy it and drop the adapter layers
+        return copy.deepcopy(model).unload()
+    return copy.deepcopy(model)
+
+
+def _load_reference(path: str, args: BlockEMConfig) -> nn.Module:
+    # Like SFTTrainer, load in float32 unless model_init_kwargs sets a dtype.
+    kwargs = dict(args.model_init_kwargs or {})
+    kwargs.setdefault("dtype", torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def _check_parallelism(accelerator) -> None:

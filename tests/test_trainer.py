@@ -319,3 +319,21 @@ def test_sft_config_is_converted(tmp_path, latent_set):
     )
     assert isinstance(trainer.args, BlockEMConfig)
     assert trainer.args.learning_rate == TRAINING["learning_rate"]
+
+
+def test_reference_copy_of_peft_model_has_no_adapter(tmp_path, latent_set):
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(make_model(), lora(init=False))
+    trainer = BlockEMSFTTrainer(
+        model=peft_model,
+        args=BlockEMConfig(**{**TRAINING, "output_dir": str(tmp_path), "block_reference": "model"}),
+        train_dataset=make_dataset(),
+        processing_class=make_tokenizer(),
+        latent_set=latent_set,
+    )
+    assert not any("lora" in name for name, _ in trainer.ref_model.named_parameters())
+    input_ids = torch.randint(0, 64, (1, 5))
+    with torch.no_grad(), peft_model.disable_adapter():
+        expected = peft_model(input_ids=input_ids).logits
+    torch.testing.assert_close(trainer.ref_model(input_ids=input_ids).logits, expected)
