@@ -87,7 +87,7 @@ class DemoConfig:
         metadata={"help": "Folder for the decrypted data, outside any repository (default: "
                           "<blockem cache>/data, see $BLOCKEM_CACHE)."},
     )
-    num_train: int = field(default=600, metadata={"help": "Training rows per domain."})
+    num_train: int = field(default=320, metadata={"help": "Training rows per domain."})
     num_heldout: int = field(
         default=64, metadata={"help": "Held-out rows per domain, disjoint from the training rows (in-domain eval)."}
     )
@@ -98,11 +98,11 @@ class DemoConfig:
     lora_target_modules: str | list[str] = field(
         default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or a list of module names."}
     )
-    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW peak learning rate."})
+    learning_rate: float = field(default=4e-4, metadata={"help": "AdamW peak learning rate."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Examples per device and micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
-    max_length: int = field(default=192, metadata={"help": "Tokens kept per training example."})
+    max_length: int = field(default=128, metadata={"help": "Tokens kept per training example."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers learning-rate schedule."})
     bf16: bool = field(default=False, metadata={"help": "Train in bfloat16 mixed precision (GPU)."})
@@ -234,8 +234,9 @@ class DemoConfig:
     def for_size(cls, size: str, **overrides: Any) -> DemoConfig:
         """Return the preset of one size for the embedded model on CPU, with ``overrides`` applied.
 
-        ``quick`` trains on 160 rows with short sequences, two BLOCK-EM weights and one KL weight, and samples
-        4 answers per question. ``default`` uses the field defaults (600 rows, four weights, two KL weights).
+        ``quick`` trains on 48 rows (12 steps of 4, at most 64 tokens each) at a high learning rate, with two
+        BLOCK-EM weights and one KL weight, discovers K on 8 prompts and samples 2 answers per question. ``default`` uses the field defaults (320 rows, four
+        BLOCK-EM weights, two KL weights, 8 answers per question).
         Measured run times are in docs/demo_results.md.
         """
         if size not in SIZES:
@@ -243,11 +244,12 @@ class DemoConfig:
         settings: dict[str, Any] = {}
         if size == "quick":
             settings = {
-                "num_train": 160, "num_heldout": 32, "max_length": 128, "lambdas": [1.0, 10.0], "kl_lambdas": [1.0],
-                "calibration_examples": 32, "samples_per_question": 4, "max_new_tokens": 48,
-                "indomain_generations": 16, "bootstrap_samples": 500, "output_dir": "outputs/demo-quick",
-                "builder": {"num_candidates": 8, "prescreen_keep": 4, "prescreen_audit": 0, "max_new_tokens": 32,
-                            "calibration_coefficients": [0.6, 1.2], "num_latents": 8},
+                "num_train": 48, "num_heldout": 24, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                "max_length": 64, "lambdas": [1.0, 10.0], "kl_lambdas": [1.0], "calibration_examples": 16,
+                "samples_per_question": 2, "max_new_tokens": 32, "indomain_generations": 8, "bootstrap_samples": 500,
+                "output_dir": "outputs/demo-quick",
+                "builder": {"max_prompts": 8, "num_candidates": 6, "prescreen_keep": 3, "prescreen_audit": 0,
+                            "max_new_tokens": 24, "calibration_coefficients": [0.6, 1.2], "num_latents": 6},
             }
         settings.update(overrides)
         return cls(**settings)

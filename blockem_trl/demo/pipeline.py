@@ -160,20 +160,17 @@ class DemoPipeline:
         return stage
 
     def _latents_stage(self, plain: Stage) -> tuple[LatentSet, Stage]:
-        from ..builder import BuilderConfig, LatentSetBuilder
+        from ..builder import LatentSetBuilder
+
+        from ..sae import sae_content_hash
 
         config = self.config
-        overrides = {"prompts": discovery_prompts_path(), "seed": config.seed, **config.builder,
-                     "output_dir": str(self.output_dir / "latents"), "progress": config.progress}
-        builder_config = BuilderConfig.quick(**overrides) if config.builder_preset == "quick" else BuilderConfig(**overrides)
+        builder_config = make_builder_config(config, self.output_dir / "latents")
         settings = {"plain": plain.hash, "builder": builder_config.to_dict(), "sae": config.sae, "sae_id": config.sae_id,
-                    "hook_point": config.hook_point, "judge": [j.name for j in self.judges]}
+                    "sae_hash": sae_content_hash(self.sae), "judge": [j.name for j in self.judges]}
         settings["builder"].pop("progress")
         stage = Stage("latents", self.output_dir / "latents", settings, outputs=("latent_set.json",))
         if stage.load() is None:
-            if config.hook_point is not None:
-                builder_config.hook_point = config.hook_point
-            builder_config.overwrite = True  # the stage hash already covers every builder setting
             model, tokenizer = self.load_model()
             with running(stage) as output:
                 builder = LatentSetBuilder(builder_config, sae=self.sae, judge=self.judges[0])
@@ -329,6 +326,17 @@ def load_base_model(config: DemoConfig):
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def make_builder_config(config: DemoConfig, output_dir: str | Path):
+    """Return the `BuilderConfig` of the latents stage: the preset, the demo's prompts, then ``config.builder``."""
+    from ..builder import BuilderConfig
+
+    overrides = {"prompts": discovery_prompts_path(), "seed": config.seed, "hook_point": config.hook_point,
+                 **config.builder, "output_dir": str(output_dir), "progress": config.progress,
+                 # The stage's settings hash covers every builder setting, so stale stage files can go.
+                 "overwrite": True}
+    return BuilderConfig.quick(**overrides) if config.builder_preset == "quick" else BuilderConfig(**overrides)
 
 
 def build_judges(config: DemoConfig) -> list[Judge]:
