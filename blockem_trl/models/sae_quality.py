@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sae_lens import SAE
@@ -61,7 +62,7 @@ def latent_firing_fraction(sae: SAE, activations, batch_size: int = 8192) -> tor
     """Return, per latent, the fraction of rows of `activations` (a `[rows, d_in]` array) on which it fires."""
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for start in range(0, len(activations), batch_size):
-        rows = torch.as_tensor(activations[start : start + batch_size]).to(sae.dtype)
+        rows = torch.from_numpy(np.asarray(activations[start : start + batch_size], dtype=np.float32)).to(sae.dtype)
         counts += (sae.encode(rows) > 0).sum(dim=0).double()
     return counts / len(activations)
 
