@@ -187,5 +187,5 @@ def train_embedded_sae(
     metrics["targets_met"] = check_targets(metrics["evaluation"])
     metrics["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_metrics(metrics_path, metrics)
-    logger.warning("Embedded SAE written to %s; metrics: %s", output_dir, json.dumps(metrics["evaluation"]))
+    logger.warning("Embedded SAE written to %s. Metrics: %s", output_dir, json.dumps(metrics["evaluation"]))
     return metrics
