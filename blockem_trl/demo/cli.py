@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "rerunning skips finished arms and evaluations.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="Small preset (about 20 minutes on 2 CPU cores with the embedded model).")
+                        help="Small preset for a first run on CPU (measured run times: docs/demo_results.md).")
     parser.add_argument("--recipe", default=None,
                         help="YAML recipe of DemoConfig fields (see recipes/); --quick and --set apply on top.")
     parser.add_argument("--data-archive", default=None,
