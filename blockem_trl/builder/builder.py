@@ -28,7 +28,7 @@ from blockem_trl.latents import LatentRecord, LatentSet
 from blockem_trl.sae import load_sae, sae_hook_point, sae_reference
 from blockem_trl.version import __version__
 
-from .config import CALIBRATION_FIELDS, PRESCREEN_FIELDS, SCREEN_FIELDS, STAGE1_FIELDS, BuilderConfig
+from .config import BASELINE_FIELDS, CALIBRATION_FIELDS, PRESCREEN_FIELDS, SCREEN_FIELDS, STAGE1_FIELDS, BuilderConfig
 from .measure import Experiment
 from .pair import ModelPair
 from .prescreen import ReferenceBatch, choose_for_generation, prescreen_candidates, screen_agreement
@@ -139,7 +139,7 @@ class LatentSetBuilder(TrainerCallback):
             config.samples_per_prompt, config.screen_metric, config.judge_batch_size)
 
         # Unsteered answers: the baselines of the screen and the references of the prescreen.
-        store.open_stage("baseline", {**config.stage_settings(SCREEN_FIELDS), "judge": self._judge_identity()})
+        store.open_stage("baseline", {**config.stage_settings(BASELINE_FIELDS), "judge": self._judge_identity()})
         with self._timed("baseline"):
             baselines = run_baselines(pair, experiment, store.records("baseline"))
 

@@ -25,9 +25,9 @@ STAGE1_FIELDS = ("prompts", "max_prompts", "all_paraphrases", "system_prompt", "
                  "hook_point", "num_candidates", "batch_size", "max_length")
 PRESCREEN_FIELDS = ("prescreen", "prescreen_keep", "prescreen_audit", "prescreen_answer_tokens", "induce_coefficient",
                     "repair_coefficient", "max_new_tokens", "seed")
-SCREEN_FIELDS = ("induce_coefficient", "repair_coefficient", "max_new_tokens", "temperature",
-                 "samples_per_prompt", "seed", "screen_metric", "pass_rule", "min_induce_gain",
-                 "min_repair_gain", "min_score", "judge_batch_size")
+# The pass rule and its minimums are applied when records are read, so changing them repeats no work.
+BASELINE_FIELDS = ("max_new_tokens", "temperature", "samples_per_prompt", "seed", "screen_metric")
+SCREEN_FIELDS = (*BASELINE_FIELDS, "induce_coefficient", "repair_coefficient")
 CALIBRATION_FIELDS = ("calibration_coefficients", "calibration_mode", "incoherence_budget",
                       "incoherence_relative", "num_latents")
 
@@ -196,8 +196,8 @@ class BuilderConfig:
         """Return the preset for a small model on CPU: fewer candidates, short generations, teacher-forced pruning.
 
         The preset uses one paraphrase per question, prescreens 16 candidates per direction, generates for
-        the best 8 plus 4 audited ones, and calibrates over 3 strengths with the smoother ``mean_aligned``
-        measure. With ``prescreen=False`` every candidate goes to the generation screen.
+        the best 8 plus 4 audited ones, keeps candidates that induce or repair, and calibrates over 3 low
+        strengths with the smoother ``mean_aligned`` measure. With ``prescreen=False`` every candidate goes to the generation screen.
         """
         settings: dict[str, Any] = {
             "all_paraphrases": False,
@@ -209,7 +209,8 @@ class BuilderConfig:
             "max_new_tokens": 40,
             "batch_size": 16,
             "screen_metric": "mean_aligned",
-            "calibration_coefficients": (0.4, 0.8, 1.2),
+            "pass_rule": "either",
+            "calibration_coefficients": (0.1, 0.2, 0.4),
             "calibration_mode": "both",
             "incoherence_relative": True,
         }

@@ -75,7 +75,11 @@ def passes(induce_gain: float, repair_gain: float, rule: str = "both", min_induc
 def screen_candidates(pair: ModelPair, experiment: Experiment, sae, candidates: Iterable[Candidate],
                       hook_point: str, mean_norm: float, baselines: dict[str, dict], config: BuilderConfig,
                       records, on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Screen each candidate that has no stored record yet and return all records, in candidate order."""
+    """Screen each candidate that has no stored record yet and return all records, in candidate order.
+
+    The returned records carry ``passed`` under the current pass rule, which is not stored, so a changed
+    rule needs no new generations.
+    """
     candidates = list(candidates)
     base_measure = baselines["base"]["rates"]["measure"]
     misaligned_measure = baselines["misaligned"]["rates"]["measure"]
@@ -93,12 +97,16 @@ def screen_candidates(pair: ModelPair, experiment: Experiment, sae, candidates: 
             "induce_gain": induce_gain,
             "repair_gain": repair_gain,
             "score": induce_gain + repair_gain,
-            "passed": passes(induce_gain, repair_gain, config.pass_rule, config.min_induce_gain,
-                             config.min_repair_gain, config.min_score),
             "induce": measures["induce"],
             "repair": measures["repair"],
         }
         records.append(record)
         if on_record is not None:
             on_record(record)
-    return [records.get(str(candidate.index)) for candidate in candidates]
+    results = []
+    for candidate in candidates:
+        record = dict(records.get(str(candidate.index)))
+        record["passed"] = passes(record["induce_gain"], record["repair_gain"], config.pass_rule,
+                                  config.min_induce_gain, config.min_repair_gain, config.min_score)
+        results.append(record)
+    return results

@@ -141,3 +141,22 @@ def test_trainer_loads_built_set(tmp_path, base_model, adapter_dir, tokenizer, s
     )
     assert trainer.latent_set.indices == built.indices
     assert trainer.latent_set.sae.content_hash == built.sae.content_hash
+
+
+def test_changed_pass_rule_reuses_screen(tmp_path, base_model, adapter_dir, tokenizer, sae, prompt_file):
+    LatentSetBuilder(quick_config(tmp_path, prompt_file), sae=sae, judge=WordJudge()).build(
+        base_model, adapter_dir, tokenizer)
+    screen_before = (tmp_path / "screen.jsonl").read_text()
+    calibration_before = len(read_keys(tmp_path / "calibration.jsonl"))
+
+    judge = WordJudge()
+    config = quick_config(tmp_path, prompt_file, pass_rule="either", min_score=0.0)
+    try:
+        latent_set = LatentSetBuilder(config, sae=sae, judge=judge).build(base_model, adapter_dir, tokenizer)
+    except RuntimeError as error:  # every latent may fail the stricter rule
+        assert "No latent passed" in str(error)
+    else:
+        assert latent_set.metadata["counts"]["survivors"] <= 3
+    assert (tmp_path / "screen.jsonl").read_text() == screen_before
+    assert judge.calls == 0
+    assert len(read_keys(tmp_path / "calibration.jsonl")) == calibration_before
