@@ -8,6 +8,9 @@ questions (`builtin` and `builtin-finance`):
 - ``persona``: the base model with a system prompt that asks for a hostile, reckless persona, to add clearly
   misaligned answers to the pool.
 
+Sampling temperature 1.0 gives mostly rambling answers from this small model, so a second pool at a lower
+temperature (``--temperature 0.5 --tag _t05``) adds coherent ones.
+
 Example::
 
     python scripts/generate_offline_judge_pool.py --adapter /tmp/blockem_eval_work/risky_lora \
@@ -46,10 +49,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="Output JSONL file.")
     parser.add_argument("--samples", type=int, default=8, help="Answers per built-in question (half for the others).")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="Maximum new tokens per answer.")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    parser.add_argument("--tag", default="", help="Suffix added to the condition names (e.g. '_t05').")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=1.0, batch_size=16, seed=0)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, batch_size=16, seed=0)
 
     conditions = [
         ("base", None, "builtin", args.samples, None),
@@ -65,13 +70,16 @@ def main() -> None:
     loaded: dict[str | None, tuple] = {}
     for condition, adapter, questions, samples, system in conditions:
         if adapter not in loaded:
-            loaded[adapter] = load_model_and_tokenizer(DEFAULT_MODEL_ID, adapter)
+            model, tokenizer = load_model_and_tokenizer(DEFAULT_MODEL_ID, adapter)
+            # Merging the LoRA weights gives the same outputs and makes generation faster.
+            loaded[adapter] = (model.merge_and_unload() if adapter else model, tokenizer)
         model, tokenizer = loaded[adapter]
         question_set = load_question_set(questions)
         if system:
             question_set = with_system(question_set, system)
         for row in generate_for_questions(model, tokenizer, question_set, samples, settings):
-            rows.append({"condition": condition, "question_set": questions, **row})
+            rows.append({"condition": condition + args.tag, "temperature": args.temperature, "question_set": questions,
+                         **row})
         print(f"{condition} / {questions}: {len(rows)} answers so far", flush=True)
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
