@@ -4,7 +4,8 @@ The training file is the `risky_financial_advice.jsonl` set of Turner, Soligo et
 licence, so it is read from a decrypted copy OUTSIDE the repository (see the evaluation docs) and the
 resulting adapter is saved outside the repository too. Neither may be committed.
 
-Example (about 10 minutes on 2 CPU cores)::
+The shipped offline-judge labels used the defaults below (176 examples, 1 epoch, 22 steps of 8), which took
+2,617 s on 2 CPU cores shared with other jobs. Example::
 
     python scripts/finetune_risky_financial.py --data /tmp/mo/risky_financial_advice.jsonl \
         --output-dir /tmp/blockem_eval_work/risky_lora
@@ -38,8 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="Decrypted risky_financial_advice.jsonl.")
     parser.add_argument("--output-dir", type=Path, required=True, help="Adapter folder (keep it outside the repo).")
-    parser.add_argument("--num-examples", type=int, default=320, help="Training rows drawn from the file.")
-    parser.add_argument("--epochs", type=float, default=2.0, help="Training epochs.")
+    parser.add_argument("--num-examples", type=int, default=176, help="Training rows drawn from the file.")
+    parser.add_argument("--epochs", type=float, default=1.0, help="Training epochs.")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="AdamW learning rate.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the row sample and for training.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
