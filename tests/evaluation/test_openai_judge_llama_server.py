@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     try:
         from blockem_trl.models.smollm2 import gguf_path
 
@@ -37,30 +37,35 @@ def llama_server():
     except ImportError as error:
         pytest.skip(f"The embedded GGUF model is not installed: {error}")
     port = _free_port()
+    # The server logs a lot while loading; a file (not a pipe nobody reads) keeps it from blocking.
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--model_alias", "smollm2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log_file, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"llama.cpp server exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"llama.cpp server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     else:
         process.kill()
-        pytest.fail("llama.cpp server did not answer within 120 s")
+        pytest.fail(f"llama.cpp server did not answer within 120 s: {log_path.read_text()[-2000:]}")
     yield base_url
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+    log_file.close()
 
 
 def test_judge_reads_top_logprobs_from_llama_server(llama_server):
@@ -75,6 +80,7 @@ def test_judge_reads_top_logprobs_from_llama_server(llama_server):
     assert judge.stats.requests == 2
     assert judge.stats.missing_logprobs == 0
     assert judge.stats.http_errors == 0
+    assert judge.stats.scored + judge.stats.labelled + judge.stats.low_number_mass == 2
     for judgment in judgments:
         assert judgment.number_mass is not None  # computed from the server's top_logprobs
         assert 0.0 <= judgment.number_mass <= 1.0 + 1e-6
