@@ -235,7 +235,7 @@ class DemoConfig:
         """Return the preset of one size for the embedded model on CPU, with ``overrides`` applied.
 
         ``quick`` trains on 48 rows (12 steps of 4, at most 64 tokens each) at a high learning rate, with two
-        BLOCK-EM weights and one KL weight, discovers K on 8 prompts and samples 2 answers per question. ``default`` uses the field defaults (320 rows, four
+        BLOCK-EM weights and one KL weight, discovers K on 10 prompts and samples 2 answers per question. ``default`` uses the field defaults (320 rows, four
         BLOCK-EM weights, two KL weights, 8 answers per question).
         Measured run times are in docs/demo_results.md.
         """
@@ -248,8 +248,10 @@ class DemoConfig:
                 "max_length": 64, "lambdas": [1.0, 10.0], "kl_lambdas": [1.0], "calibration_examples": 16,
                 "samples_per_question": 2, "max_new_tokens": 32, "indomain_generations": 8, "bootstrap_samples": 500,
                 "output_dir": "outputs/demo-quick",
-                "builder": {"max_prompts": 8, "num_candidates": 6, "prescreen_keep": 3, "prescreen_audit": 0,
-                            "max_new_tokens": 24, "calibration_coefficients": [0.6, 1.2], "num_latents": 6},
+                # Ten prompts let the 10% incoherence budget admit one extra incoherent answer; strengths above
+                # 0.4 made most answers of the 135M model incoherent in discovery runs.
+                "builder": {"max_prompts": 10, "num_candidates": 8, "prescreen_keep": 4, "prescreen_audit": 0,
+                            "max_new_tokens": 24, "calibration_coefficients": [0.1, 0.2, 0.4], "num_latents": 6},
             }
         settings.update(overrides)
         return cls(**settings)
