@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
@@ -114,8 +115,8 @@ class BlockEMConfig(SFTConfig):
             )
         if self.block_tokens not in BLOCK_TOKEN_MODES:
             raise ValueError(f"Invalid block_tokens {self.block_tokens!r}: choose one of {', '.join(BLOCK_TOKEN_MODES)}.")
-        if not self.block_lambda >= 0:  # also rejects NaN
-            raise ValueError(f"Invalid block_lambda {self.block_lambda!r}: it must be a number >= 0.")
+        if not (isinstance(self.block_lambda, (int, float)) and math.isfinite(self.block_lambda) and self.block_lambda >= 0):
+            raise ValueError(f"Invalid block_lambda {self.block_lambda!r}: it must be a finite number >= 0.")
         if self.block_layer is not None and self.block_layer < 0:
             raise ValueError(
                 f"Invalid block_layer {self.block_layer}: it is a 0-based decoder block index, so it must be >= 0."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
@@ -23,6 +24,6 @@ class KLConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        if not self.kl_lambda >= 0:  # also rejects NaN
-            raise ValueError(f"Invalid kl_lambda {self.kl_lambda!r}: it must be a number >= 0.")
+        if not (isinstance(self.kl_lambda, (int, float)) and math.isfinite(self.kl_lambda) and self.kl_lambda >= 0):
+            raise ValueError(f"Invalid kl_lambda {self.kl_lambda!r}: it must be a finite number >= 0.")
         super().__post_init__()

@@ -96,10 +96,8 @@ class BlockEMSFTTrainer(SFTTrainer):
                 "Set block_reference='model' in BlockEMConfig to use it."
             )
 
-        super().__init__(model, args, *sft_args, **sft_kwargs)
-        _check_parallelism(self.accelerator)
-
-        self.latent_set = self._load_latent_set(latent_set)
+        # Load and check the latent set and the SAE before SFTTrainer prepares the dataset, which can take minutes.
+        self.latent_set = _load_latent_set(latent_set if latent_set is not None else args.latent_set)
         self.block_layer = args.block_layer if args.block_layer is not None else self.latent_set.layer_index
         if self.block_layer != self.latent_set.layer_index:
             logger.warning(
@@ -107,17 +105,25 @@ class BlockEMSFTTrainer(SFTTrainer):
                 self.block_layer,
                 self.latent_set.layer_index,
             )
+        sae_model = _load_blocking_sae(sae, args, self.latent_set)
+        check_sae_compatibility(sae_model, self.latent_set, hidden_size=_hidden_size(model))
+
+        super().__init__(model, args, *sft_args, **sft_kwargs)
+        _check_parallelism(self.accelerator)
+        if isinstance(self.train_dataset, Dataset) and len(self.train_dataset) == 0:
+            raise ValueError(
+                "The training dataset is empty after preparation: SFTTrainer drops rows with no supervised token "
+                "(for example an empty completion). Check the dataset's completion or assistant turns."
+            )
+
         # Resolving the hook point also checks that the layer exists in this model.
         self.hook_point = hook_point_for_layer(self.model, self.block_layer)
-
-        sae_model = self._load_sae(sae)
-        check_sae_compatibility(sae_model, self.latent_set, hidden_size=_hidden_size(self.model))
         self.latent_encoder = LatentEncoder(sae_model, self.latent_set.indices).to(self.accelerator.device)
         self.latent_signs = torch.tensor(self.latent_set.signs, dtype=torch.float32, device=self.accelerator.device)
 
         self.ref_model = None
         if args.block_reference in ("adapter", "cached"):
-            _check_has_adapter(self.model)
+            _check_has_adapter(self.model, args.block_reference)
         if args.block_reference == "model":
             self.ref_model = self._prepare_reference_model(ref_model)
         elif args.block_reference == "cached":
@@ -128,31 +134,6 @@ class BlockEMSFTTrainer(SFTTrainer):
             self.save_blocking_artifacts(args.output_dir)
 
     # ------------------------------------------------------------------ set-up helpers
-
-    def _load_latent_set(self, latent_set: LatentSet | str | os.PathLike | None) -> LatentSet:
-        source = latent_set if latent_set is not None else self.args.latent_set
-        if source is None:
-            raise ValueError(
-                "No latent set: pass latent_set=LatentSet(...) or a path / Hub repo id to BlockEMSFTTrainer, "
-                "or set BlockEMConfig(latent_set=...). Build one with blockem_trl.LatentSetBuilder."
-            )
-        return source if isinstance(source, LatentSet) else LatentSet.from_pretrained(source)
-
-    def _load_sae(self, sae: Any):
-        device = self.accelerator.device
-        if sae is not None and not isinstance(sae, (str, os.PathLike)):
-            return load_sae(sae, device=device)
-        if sae is not None or self.args.sae is not None:
-            return load_sae(sae if sae is not None else self.args.sae, sae_id=self.args.sae_id, device=device)
-        reference = self.latent_set.sae
-        if reference.path is not None:
-            return load_sae(reference.path, device=device)
-        if reference.release is not None:
-            return load_sae(reference.release, sae_id=reference.sae_id, device=device)
-        raise ValueError(
-            "No SAE: the latent set records no SAE source. Pass sae=... to BlockEMSFTTrainer or set "
-            "BlockEMConfig(sae=..., sae_id=...)."
-        )
 
     def _prepare_reference_model(self, ref_model: nn.Module) -> nn.Module:
         ref_model.eval()
@@ -349,6 +330,32 @@ class BlockEMSFTTrainer(SFTTrainer):
 # ---------------------------------------------------------------------- module helpers
 
 
+def _load_latent_set(source: LatentSet | str | os.PathLike | None) -> LatentSet:
+    if source is None:
+        raise ValueError(
+            "No latent set: pass latent_set=LatentSet(...) or a path / Hub repo id to BlockEMSFTTrainer, "
+            "or set BlockEMConfig(latent_set=...). Build one with blockem_trl.LatentSetBuilder."
+        )
+    return source if isinstance(source, LatentSet) else LatentSet.from_pretrained(source)
+
+
+def _load_blocking_sae(sae: Any, args: BlockEMConfig, latent_set: LatentSet):
+    """Load the SAE on the CPU from the argument, the config, or the source recorded in the latent set."""
+    if sae is not None and not isinstance(sae, (str, os.PathLike)):
+        return load_sae(sae)
+    if sae is not None or args.sae is not None:
+        return load_sae(sae if sae is not None else args.sae, sae_id=args.sae_id)
+    reference = latent_set.sae
+    if reference.path is not None:
+        return load_sae(reference.path)
+    if reference.release is not None:
+        return load_sae(reference.release, sae_id=reference.sae_id)
+    raise ValueError(
+        "No SAE: the latent set records no SAE source. Pass sae=... to BlockEMSFTTrainer or set "
+        "BlockEMConfig(sae=..., sae_id=...)."
+    )
+
+
 def _resolve_model_id(model):
     if not isinstance(model, str):
         return model
@@ -410,12 +417,12 @@ def _check_parallelism(accelerator) -> None:
         )
 
 
-def _check_has_adapter(model: nn.Module) -> None:
+def _check_has_adapter(model: nn.Module, mode: str = "adapter") -> None:
     try:
         _peft_model(model)
     except TypeError:
         raise ValueError(
-            "block_reference='adapter' computes the base activations by disabling the LoRA adapter, but the model "
+            f"block_reference={mode!r} computes the base activations by disabling the LoRA adapter, but the model "
             "has no PEFT adapter. Pass peft_config=LoraConfig(...) to the trainer, or set "
             "block_reference='model' to run a separate frozen reference model."
         ) from None
@@ -450,8 +457,13 @@ def _no_context() -> Iterator[None]:
     yield
 
 
-def _hidden_size(model: nn.Module) -> int | None:
-    config = getattr(unwrap_model(model), "config", None)
+def _hidden_size(model: str | nn.Module) -> int | None:
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    else:
+        config = getattr(unwrap_model(model), "config", None)
     if config is None:
         return None
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -48,6 +48,7 @@ def test_kl_trainer_trains(tmp_path):
     assert [entry["kl/kl"] for entry in trainer.state.log_history if "kl/kl" in entry][0] > 0
 
 
-def test_negative_kl_lambda_rejected(tmp_path):
-    with pytest.raises(ValueError, match="Invalid kl_lambda -1"):
-        KLConfig(output_dir=str(tmp_path), kl_lambda=-1.0, bf16=False)
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan")])
+def test_invalid_kl_lambda_rejected(tmp_path, value):
+    with pytest.raises(ValueError, match=f"Invalid kl_lambda {value}"):
+        KLConfig(output_dir=str(tmp_path), kl_lambda=value, bf16=False)

@@ -299,6 +299,7 @@ def test_hidden_size_mismatch_rejected(tmp_path):
         ("block_tokens", "prompt", "Invalid block_tokens 'prompt'"),
         ("block_lambda", -1.0, "Invalid block_lambda -1.0"),
         ("block_lambda", float("nan"), "Invalid block_lambda nan"),
+        ("block_lambda", float("inf"), "Invalid block_lambda inf: it must be a finite number"),
         ("block_layer", -2, "Invalid block_layer -2"),
         ("reference_model_name_or_path", "x", "reference_model_name_or_path is set"),
     ],
@@ -337,3 +338,35 @@ def test_reference_copy_of_peft_model_has_no_adapter(tmp_path, latent_set):
     with torch.no_grad(), peft_model.disable_adapter():
         expected = peft_model(input_ids=input_ids).logits
     torch.testing.assert_close(trainer.ref_model(input_ids=input_ids).logits, expected)
+
+
+def test_cached_mode_without_adapter_names_mode(tmp_path, latent_set):
+    with pytest.raises(ValueError, match="block_reference='cached' computes the base activations"):
+        BlockEMSFTTrainer(
+            model=make_model(),
+            args=BlockEMConfig(**{**TRAINING, "output_dir": str(tmp_path), "block_reference": "cached"}),
+            train_dataset=make_dataset(),
+            processing_class=make_tokenizer(),
+            latent_set=latent_set,
+        )
+
+
+def test_empty_completions_rejected_clearly(tmp_path, latent_set):
+    from datasets import Dataset
+
+    empty = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "w1 w2"}], "completion": [{"role": "assistant", "content": ""}]}] * 4
+    )
+    with pytest.raises(ValueError, match="training dataset is empty after preparation"):
+        make_trainer(tmp_path, latent_set, dataset=empty)
+
+
+def test_bad_latent_set_rejected_before_dataset_preparation(tmp_path, latent_set, monkeypatch):
+    prepared = []
+    monkeypatch.setattr(SFTTrainer, "_prepare_dataset", lambda self, *args, **kwargs: prepared.append(True))
+    with pytest.raises(ValueError, match="outside the SAE's width"):
+        from dataclasses import replace
+
+        wide = LatentSet(positive=[500], negative=[], hook_point="model.layers.1", sae=replace(latent_set.sae, d_sae=None))
+        make_trainer(tmp_path, wide)
+    assert prepared == []
