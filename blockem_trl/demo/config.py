@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..config import REFERENCE_MODES
 from ..models.embedded_sae import DEFAULT_SAE_ID
 from ..models.smollm2 import DEFAULT_MODEL_ID
 
@@ -197,6 +199,13 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.domains has repeated names {names}; give each domain its own name.")
         if self.lambda_mode not in LAMBDA_MODES:
             raise ValueError(f"Invalid lambda_mode {self.lambda_mode!r}: choose one of {', '.join(LAMBDA_MODES)}.")
+        if self.block_reference not in REFERENCE_MODES:
+            raise ValueError(
+                f"Invalid block_reference {self.block_reference!r}: choose one of {', '.join(REFERENCE_MODES)}."
+            )
+        bad_lambdas = [value for value in [*self.lambdas, *self.kl_lambdas] if not math.isfinite(value)]
+        if bad_lambdas:
+            raise ValueError(f"Invalid lambdas {bad_lambdas}: every weight must be a finite number.")
         if self.judge not in JUDGE_CHOICES:
             raise ValueError(f"Invalid judge {self.judge!r}: choose one of {', '.join(JUDGE_CHOICES)}.")
         if self.builder_preset not in ("quick", "full"):
