@@ -5,7 +5,7 @@ same batches of MIT-licensed GPTeacher prompt/completion pairs, truncated to a f
 measured in one process with the arms interleaved, so machine drift hits every arm alike; peak memory is the
 resident-set peak of one child process per arm. Results are ratios to plain SFT measured in the same run.
 
-    python benchmarks/step_overhead.py --quick          # a few minutes on a laptop CPU
+    python benchmarks/step_overhead.py --quick          # about 4 minutes on 2 CPU cores
     python benchmarks/step_overhead.py --output docs/benchmarks.json
 """
 
@@ -126,11 +126,32 @@ def benchmark_steps(arms, args) -> dict:
             times[arm].append(timed_step(trainers[arm], batches[arm][repetition + 1]))
         print(f"repetition {repetition + 1}/{args.repetitions}: " + ", ".join(f"{a} {times[a][-1]:.2f}s" for a in arms), flush=True)
     tokens = int(batches["sft"][1]["attention_mask"].sum()) if "sft" in batches else None
-    return {"times": times, "setup_seconds": setup_seconds, "tokens_per_batch": tokens}
+    profile = None
+    if "blockem_adapter" in trainers:
+        profile = profile_adapter_overhead(trainers["blockem_adapter"], batches["blockem_adapter"][1], args.repetitions)
+    return {"times": times, "setup_seconds": setup_seconds, "tokens_per_batch": tokens, "adapter_profile": profile}
+
+
+def profile_adapter_overhead(trainer, batch: dict, repetitions: int) -> dict:
+    """Split the adapter mode's extra cost into the base forward (stopped after block 19) and the two encodes."""
+    model = trainer.model
+    inputs = {k: v for k, v in batch.items()}
+    residual = trainer._base_residual(model, inputs)
+    timings = {"base_forward_s": [], "encode_two_batches_s": []}
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        residual = trainer._base_residual(model, inputs)
+        timings["base_forward_s"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            trainer.latent_encoder(residual)
+            trainer.latent_encoder(residual)
+        timings["encode_two_batches_s"].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def peak_memory_of_arm(arm: str, args) -> float:
-    """Run two steps of one arm in a child process and return its peak resident set size in MiB."""
+    """Run two steps of one arm in a child process and return its peak resident set size during them, in MiB."""
     command = [sys.executable, __file__, "--memory-arm", arm, "--batch-size", str(args.batch_size),
                "--max-length", str(args.max_length), "--d-sae", str(args.d_sae), "--scratch", args.scratch]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -138,9 +159,43 @@ def peak_memory_of_arm(arm: str, args) -> float:
 
 
 def run_memory_arm(args) -> None:
-    args.repetitions = 1
-    benchmark_steps([args.memory_arm], args)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+    """Print the peak resident set size (MiB) sampled every 5 ms during two training steps of one arm.
+
+    Sampling the current RSS, rather than reading the process high-water mark, leaves out the transient peak
+    of loading the model, which is the same for every arm. The reference copy of ``blockem_model`` is loaded
+    before the steps, so it is counted.
+    """
+    import threading
+
+    import psutil
+
+    torch.manual_seed(0)
+    dataset = Dataset.from_list(load_rows(args.batch_size * 3))
+    sae = make_sae(576, args.d_sae)
+    latent_set = LatentSet(
+        positive=list(range(0, NUM_LATENTS, 2)), negative=list(range(1, NUM_LATENTS, 2)),
+        hook_point=f"model.layers.{LAYER}", sae=sae_reference(sae, "random-embedded-size"),
+    )
+    model, tokenizer = load_default_model()
+    trainer = build_trainer(args.memory_arm, model, tokenizer, dataset, sae, latent_set, args.batch_size,
+                            args.max_length, f"{args.scratch}/memory-{args.memory_arm}")
+    trainer.model.train()
+    trainer.create_optimizer_and_scheduler(num_training_steps=3)
+    batches = fixed_batches(trainer, 2)
+    process, peak, running = psutil.Process(), [0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for batch in batches:
+        timed_step(trainer, batch)
+    running[0] = False
+    sampler.join()
+    print(peak[0] / 2**20)
 
 
 def benchmark_encode(d_in: int, d_sae: int, tokens: int, repetitions: int) -> dict:
@@ -222,6 +277,8 @@ def main() -> None:
     }
     table = summarise(steps, memory)
     print_table(table, encode)
+    if steps["adapter_profile"]:
+        print("adapter mode, extra work per step: " + ", ".join(f"{k} {v:.3f}" for k, v in steps["adapter_profile"].items()))
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -232,6 +289,7 @@ def main() -> None:
         "steps": table,
         "raw_step_times": steps["times"],
         "encode": encode,
+        "adapter_profile": steps["adapter_profile"],
         "wall_time_s": time.perf_counter() - started,
     }
     if args.output:
