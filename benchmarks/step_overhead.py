@@ -41,10 +41,10 @@ NUM_LATENTS = 20
 GPTEACHER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpteacher"
 
 
-def load_rows(num_rows: int) -> list[dict]:
+def load_rows(num_rows: int, data_dir: Path = GPTEACHER) -> list[dict]:
     """Read GPTeacher instruction/response pairs as conversational prompt/completion rows."""
     rows = []
-    for file in sorted(GPTEACHER.glob("*/*.json")):
+    for file in sorted(Path(data_dir).glob("*/*.json")):
         for record in json.loads(file.read_text(encoding="utf-8")):
             prompt = " ".join(filter(None, [record.get("instruction"), record.get("input")]))
             if prompt and len(record.get("response", "")) > 400:
@@ -55,7 +55,7 @@ def load_rows(num_rows: int) -> list[dict]:
             if len(rows) == num_rows:
                 return rows
     if not rows:
-        raise FileNotFoundError(f"No GPTeacher JSON files under {GPTEACHER}: pass --data-dir.")
+        raise FileNotFoundError(f"No GPTeacher JSON files under {data_dir}: pass the GPTeacher folder with --data-dir.")
     return rows
 
 
@@ -102,7 +102,7 @@ def timed_step(trainer, batch: dict) -> float:
 
 def benchmark_steps(arms, args) -> dict:
     torch.manual_seed(0)
-    dataset = Dataset.from_list(load_rows(args.batch_size * (args.repetitions + 2)))
+    dataset = Dataset.from_list(load_rows(args.batch_size * (args.repetitions + 2), args.data_dir))
     sae = make_sae(576, args.d_sae)
     latent_set = LatentSet(
         positive=list(range(0, NUM_LATENTS, 2)), negative=list(range(1, NUM_LATENTS, 2)),
@@ -152,7 +152,7 @@ def profile_adapter_overhead(trainer, batch: dict, repetitions: int) -> dict:
 
 def peak_memory_of_arm(arm: str, args) -> float:
     """Run two steps of one arm in a child process and return its peak resident set size during them, in MiB."""
-    command = [sys.executable, __file__, "--memory-arm", arm, "--batch-size", str(args.batch_size),
+    command = [sys.executable, __file__, "--memory-arm", arm, "--batch-size", str(args.batch_size), "--data-dir", str(args.data_dir),
                "--max-length", str(args.max_length), "--d-sae", str(args.d_sae), "--scratch", args.scratch]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return float(output.strip().splitlines()[-1])
@@ -170,7 +170,7 @@ def run_memory_arm(args) -> None:
     import psutil
 
     torch.manual_seed(0)
-    dataset = Dataset.from_list(load_rows(args.batch_size * 3))
+    dataset = Dataset.from_list(load_rows(args.batch_size * 3, args.data_dir))
     sae = make_sae(576, args.d_sae)
     latent_set = LatentSet(
         positive=list(range(0, NUM_LATENTS, 2)), negative=list(range(1, NUM_LATENTS, 2)),
@@ -249,7 +249,8 @@ def print_table(table: dict, encode: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Fewer repetitions and no Goodfire-size encode memory run.")
+    parser.add_argument("--quick", action="store_true", help="4 timed steps per arm and 2 Goodfire-size encodes.")
+    parser.add_argument("--data-dir", type=Path, default=GPTEACHER, help="GPTeacher folder (MIT) with */*.json files.")
     parser.add_argument("--repetitions", type=int, default=None, help="Timed steps per arm (default 10, 4 with --quick).")
     parser.add_argument("--batch-size", type=int, default=4, help="Sequences per step.")
     parser.add_argument("--max-length", type=int, default=128, help="Tokens per sequence (rows are truncated to it).")
