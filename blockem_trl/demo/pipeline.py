@@ -142,9 +142,11 @@ class DemoPipeline:
     def _train_stage(self, arm: ArmSpec, data: DomainData, train_hash: str, latent_set: LatentSet | None = None,
                      extra: dict[str, Any] | None = None) -> Stage:
         directory = self._arm_dir(arm)
-        stage = Stage(f"train {arm.domain}/{arm.name}", directory,
-                      {"training": train_hash, "arm": arm.to_dict(), "block_reference": self.config.block_reference,
-                       **(extra or {})}, outputs=("adapter_config.json",))
+        settings = {"training": train_hash, "arm": arm.to_dict(), **(extra or {})}
+        if arm.kind in ("blockem", "random_k", "top_delta"):
+            # Only the blocking arms use the reference mode: changing it must not retrain the plain arm and K.
+            settings["block_reference"] = self.config.block_reference
+        stage = Stage(f"train {arm.domain}/{arm.name}", directory, settings, outputs=("adapter_config.json",))
         result = stage.load()
         if result is not None and adapter_exists(directory):
             logger.info("Stage %s: done, skipping.", stage.name)

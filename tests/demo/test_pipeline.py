@@ -95,6 +95,24 @@ def test_changed_lambda_retrains_only_that_arm(tiny_config, tiny_components, mon
     assert trained == ["blockem_l3"]
 
 
+def test_changed_reference_keeps_plain_arm(tiny_config, tiny_components, monkeypatch):
+    settings = dict(kl_lambdas=[], random_seeds=[], top_delta=False, lambdas=[1.0])
+    run_demo(tiny_config(**settings), tiny_components)
+
+    import blockem_trl.demo.pipeline as pipeline
+
+    trained = []
+    original = pipeline.train_arm
+
+    def recording(arm, *args, **kwargs):
+        trained.append(arm.name)
+        return original(arm, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_arm", recording)
+    run_demo(tiny_config(block_reference="model", **settings), tiny_components)
+    assert trained == ["blockem_l1"]
+
+
 def test_stage_marker_records_hash(tiny_config, tiny_components):
     config = tiny_config(kl_lambdas=[], random_seeds=[], top_delta=False, lambdas=[1.0])
     run_demo(config, tiny_components)
