@@ -303,8 +303,9 @@ def _download_from_hub(repo_id: str, revision, cache_dir, token) -> str:
         ) from error
     except LocalEntryNotFoundError as error:
         raise LatentSetError(
-            f"Latent set {repo_id!r} is not in the local Hugging Face cache and downloading is disabled or "
-            "failed (HF_HUB_OFFLINE or no network). Download it once with network access, or pass a local folder."
+            f"Latent set {repo_id!r} is not a local file or folder, and as a Hub repo id it is not in the local "
+            "Hugging Face cache and downloading is disabled or failed (HF_HUB_OFFLINE or no network). Check the "
+            "path, or download the repo once with network access."
         ) from error
     except (RepositoryNotFoundError, EntryNotFoundError) as error:
         raise LatentSetError(f"Hub repo {repo_id!r} has no {LATENT_SET_FILENAME}: {error}") from error

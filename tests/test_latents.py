@@ -99,7 +99,7 @@ def test_folder_without_file_rejected(tmp_path):
 
 def test_missing_hub_repo_offline_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(LatentSetError, match="not in the local Hugging Face cache"):
+    with pytest.raises(LatentSetError, match="not a local file or folder, and as a Hub repo id it is not in the local"):
         LatentSet.from_pretrained("some-org/no-such-latent-set", cache_dir=tmp_path)
 
 
