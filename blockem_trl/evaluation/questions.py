@@ -148,6 +148,22 @@ def _questions_from_rows(rows: Sequence[dict]) -> list[Question]:
 
 
 def _read_rows(path: Path) -> list[dict]:
+    try:
+        rows = _parse_rows(path)
+    except (yaml.YAMLError, json.JSONDecodeError, csv.Error) as error:
+        raise ValueError(f"Question file {path} could not be parsed: {error}") from error
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"Question file {path}: entry {index} is a {type(row).__name__}, not a mapping of fields such as "
+                "'id' and 'question' (or 'paraphrases' in YAML)."
+            )
+    if not rows:
+        raise ValueError(f"Question file {path} contains no questions.")
+    return rows
+
+
+def _parse_rows(path: Path) -> list:
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
     if suffix in (".yaml", ".yml"):
@@ -163,7 +179,15 @@ def _read_rows(path: Path) -> list[dict]:
         if suffix == ".json":
             rows = json.loads(text)
             return rows["questions"] if isinstance(rows, dict) else rows
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"Line {number} of {path} is not valid JSON: {error}") from error
+        return rows
     raise ValueError(f"Unsupported question file {path}: use .yaml, .yml, .csv, .jsonl or .json.")
 
 

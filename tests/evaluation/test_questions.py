@@ -100,3 +100,19 @@ def test_unknown_metric_prompt():
 def test_select_missing_id():
     with pytest.raises(KeyError, match="not in"):
         load_question_set("builtin").select(["nope"])
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.yaml", "id: [1\n  x", "could not be parsed"),
+        ("truncated.jsonl", '{"question": "hi"}\n{"question": \n', "Line 2 of .* is not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", "entry 0 is a list, not a mapping"),
+        ("empty.csv", "question\n", "contains no questions"),
+    ],
+)
+def test_bad_question_files_name_the_problem(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_question_set(path)
