@@ -219,6 +219,12 @@ def run_evaluation(
     names = [judge.name for judge in judges]
     if len(set(names)) != len(names):
         raise ValueError(f"Judge names must be unique, got {names}; pass name=... to tell them apart.")
+    unscored = [metric for metric in config.metrics if not any(judge.supports(metric) for judge in judges)]
+    if unscored:
+        raise ValueError(
+            f"No judge scores metrics {unscored} (judges: {names}). Drop them or add a judge that scores them, "
+            "for example an OpenAI-compatible judge with a judge prompt for each metric."
+        )
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     question_set = question_set or load_question_set(config.questions, main_only=config.main_only, ids=config.question_ids)

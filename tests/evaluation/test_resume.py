@@ -126,3 +126,18 @@ def test_duplicate_judge_names_rejected(tmp_path, tiny_model_and_tokenizer):
     with pytest.raises(ValueError, match="unique"):
         run_evaluation(make_config(tmp_path), [CountingJudge(), CountingJudge()], model=model, tokenizer=tokenizer,
                        question_set=QUESTIONS)
+
+
+def test_metric_no_judge_scores_rejected(tmp_path):
+    from blockem_trl.evaluation import EvalConfig, Judge, Judgment, run_evaluation
+
+    class AlignedOnly(Judge):
+        name = "aligned-only"
+        supported_metrics = ("aligned",)
+
+        def score_batch(self, requests):
+            return [Judgment(score=50.0) for _ in requests]
+
+    config = EvalConfig(output_dir=str(tmp_path), metrics=["aligned", "bogus"])
+    with pytest.raises(ValueError, match=r"No judge scores metrics \['bogus'\]"):
+        run_evaluation(config, [AlignedOnly()])
