@@ -176,6 +176,9 @@ class LatentSet:
                 f"{source} has schema_version {version!r}, but this blockem_trl ({__version__}) reads version "
                 f"{LATENT_SET_SCHEMA_VERSION}. Upgrade blockem_trl (pip install -U blockem_trl) to read it."
             )
+        for key in ("positive", "negative"):
+            if not isinstance(data.get(key), list):
+                raise LatentSetError(f"{source}: {key!r} must be a list of latent indices, got {data.get(key)!r}.")
         try:
             return cls(
                 positive=list(data["positive"]),
@@ -276,10 +279,12 @@ class LatentSet:
 
 
 def _as_index(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise LatentSetError(f"Latent index {value!r} in {name} is a boolean, not an integer.")
+    if not isinstance(value, int):
         try:
             as_int = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise LatentSetError(f"Latent index {value!r} in {name} is not an integer.") from None
         if as_int != value:
             raise LatentSetError(f"Latent index {value!r} in {name} is not an integer.")

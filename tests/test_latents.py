@@ -57,7 +57,7 @@ def test_index_outside_sae_width_rejected():
         make_latent_set().validate(d_sae=10)
 
 
-@pytest.mark.parametrize("bad", [[-1], ["x"], [1.5]])
+@pytest.mark.parametrize("bad", [[-1], ["x"], [1.5], [True], [float("inf")]])
 def test_invalid_index_rejected(bad):
     with pytest.raises(LatentSetError):
         make_latent_set(positive=bad)
@@ -119,3 +119,13 @@ def test_loads_from_hub_cache_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = LatentSet.from_pretrained("blockem/test-latents", cache_dir=tmp_path)
     assert loaded.positive == [3, 17]
+
+
+def test_indices_must_be_a_list(tmp_path):
+    make_latent_set().save_pretrained(tmp_path)
+    file = tmp_path / LATENT_SET_FILENAME
+    data = json.loads(file.read_text())
+    data["positive"] = "12"
+    file.write_text(json.dumps(data))
+    with pytest.raises(LatentSetError, match="'positive' must be a list of latent indices"):
+        LatentSet.from_pretrained(tmp_path)
