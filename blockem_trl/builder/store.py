@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blockem_trl.evaluation import JsonlStore, content_key
+from blockem_trl.evaluation.store import RecordMap
 
 logger = logging.getLogger(__name__)
 
@@ -33,31 +33,6 @@ class BuilderSettingsError(RuntimeError):
     """Raised when a build folder contains results computed with other settings."""
 
 
-class MemoryRecords:
-    """The `JsonlStore` interface without a file, for builds without an output folder."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict] = {}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter(self.records.values())
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
-
-    def append(self, record: dict) -> None:
-        self.records[record["key"]] = record
-
-    def close(self) -> None:
-        pass
-
-
 def _changed_fields(old: dict, new: dict) -> list[str]:
     names = sorted(set(old) | set(new))
     return [f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in names if old.get(name) != new.get(name)]
@@ -70,7 +45,7 @@ class BuildStore:
         self.directory = Path(output_dir) if output_dir is not None else None
         self.overwrite = overwrite
         self.hashes: dict[str, str] = {}
-        self._records: dict[str, JsonlStore | MemoryRecords] = {}
+        self._records: dict[str, JsonlStore | RecordMap] = {}
         self._tensors: dict[str, torch.Tensor] | None = None
         self._settings: dict[str, Any] = {}
         if self.directory is not None:
@@ -132,13 +107,13 @@ class BuildStore:
 
     # ------------------------------------------------------------------ records
 
-    def records(self, stage: str) -> JsonlStore | MemoryRecords:
+    def records(self, stage: str) -> JsonlStore | RecordMap:
         """Return the records of ``stage``, loading what an earlier run wrote."""
         if stage not in self.hashes:
             raise RuntimeError(f"Open stage {stage!r} with its settings (open_stage) before reading its records.")
         if stage not in self._records:
             if self.directory is None:
-                self._records[stage] = MemoryRecords()
+                self._records[stage] = RecordMap()
             else:
                 self._records[stage] = JsonlStore(self.directory / f"{stage}.jsonl")
         return self._records[stage]

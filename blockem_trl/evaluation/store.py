@@ -23,12 +23,37 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class JsonlStore:
+class RecordMap:
+    """Records keyed by ``record["key"]``, held in memory: the interface of `JsonlStore` without a file."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records.values())
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def append(self, record: dict) -> None:
+        self.records[record["key"]] = record
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlStore(RecordMap):
     """Records keyed by ``record["key"]`` in one JSONL file; later lines win over earlier ones."""
 
     def __init__(self, path: str | os.PathLike[str]):
+        super().__init__()
         self.path = Path(path)
-        self.records: dict[str, dict] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
         self._file = self.path.open("a", encoding="utf-8")
@@ -59,18 +84,6 @@ class JsonlStore:
                 self.records[record["key"]] = record
         if bad_lines:
             logger.warning("Skipped %d unreadable lines in %s.", bad_lines, self.path)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter(self.records.values())
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
 
     def append(self, record: dict) -> None:
         """Write ``record`` (which must have a ``key``) as one line and flush it to the operating system."""

@@ -20,7 +20,7 @@ from blockem_trl.builder.prompts import load_discovery_prompts
 from blockem_trl.builder.stage1_shift import Candidate
 from blockem_trl.builder.stage2_screen import passes, run_baselines, screen_candidates
 from blockem_trl.builder.stage3_calibrate import Calibration, rank_latents, summarize
-from blockem_trl.builder.store import MemoryRecords
+from blockem_trl.evaluation.store import RecordMap
 from blockem_trl.evaluation import GenerationSettings
 from tests.builder.conftest import LAYER, WordJudge
 
@@ -66,9 +66,9 @@ def test_screen_records_gains(base_model, adapter_dir, tokenizer, sae, prompt_fi
     prompts = load_discovery_prompts(prompt_file, max_prompts=4)
     experiment = Experiment(tokenizer, prompts, WordJudge(), GenerationSettings(max_new_tokens=4, temperature=0))
     pair = ModelPair(base_model, adapter_dir)
-    baselines = run_baselines(pair, experiment, MemoryRecords())
+    baselines = run_baselines(pair, experiment, RecordMap())
     candidates = [Candidate(5, 1, 0.3, 0), Candidate(9, -1, -0.2, 0)]
-    records = MemoryRecords()
+    records = RecordMap()
     screen = screen_candidates(pair, experiment, sae, candidates, HOOK, 1.0, baselines, config, records)
     assert [record["index"] for record in screen] == [5, 9]
     for record in screen:
