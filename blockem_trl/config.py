@@ -42,7 +42,7 @@ class BlockEMConfig(SFTConfig):
     block_reference (`str`, *optional*, defaults to `"adapter"`):
         Source of the base activations. `"adapter"`: the same model with the LoRA adapter disabled, no gradient,
         forward stopped after the blocking layer (needs a PEFT model, no second copy of the weights).
-        `"model"`: a separate frozen reference model run in full, as in the paper. `"cached"`: base activations
+        `"model"`: a separate frozen reference model, as the BLOCK-EM authors ran it. `"cached"`: base activations
         of the blocked latents precomputed once per example before training.
     reference_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
         Reference model for `block_reference="model"`. Defaults to a frozen copy of the model being trained.

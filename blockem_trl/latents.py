@@ -1,8 +1,8 @@
 """The latent set artefact: which SAE latents BLOCK-EM blocks, where they live, and where they came from.
 
 A latent set is stored as one versioned JSON file (`LATENT_SET_FILENAME`) in a folder or a Hub repository.
-K+ (``positive``) holds latents that rose in the misaligned model and may not rise above the base model
-during training; K- (``negative``) holds latents that fell and may not fall below it.
+K+ (``positive``) contains latents that rose in the misaligned model and may not rise above the base model
+during training. K- (``negative``) contains latents that fell and may not fall below it.
 
 Layer convention: ``layer_index`` is the 0-based index of the decoder block whose output is hooked, and
 ``hook_point`` is that block's module path (for example ``model.layers.19``, whose output equals
@@ -32,7 +32,7 @@ class LatentSetError(ValueError):
 
 @dataclass
 class SAEReference:
-    """Where the SAE that a latent set indexes comes from, and how to recognise it."""
+    """Source and identity of the SAE that a latent set indexes."""
 
     release: str | None = None
     """sae-lens release name or Hub repo id (with ``sae_id``), for SAEs loaded with `SAE.from_pretrained`."""
