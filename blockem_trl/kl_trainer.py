@@ -9,6 +9,7 @@ from trl import SFTTrainer
 
 from .hooks import capture_residual, unwrap_model
 from .kl_config import KLConfig
+from .token_loss import micro_batches_in_step, token_mean
 from .trainer import _check_has_adapter, _eval_mode, _peft_model
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm")
@@ -57,14 +58,9 @@ class KLSFTTrainer(SFTTrainer):
             base_log_probs = F.log_softmax(lm_head(base.output[predicting]).float(), dim=-1)
         kl_sum = (log_probs.exp() * (log_probs - base_log_probs)).sum()
 
-        if mode == "train" and num_items_in_batch is not None:
-            kl = kl_sum / torch.as_tensor(num_items_in_batch).clamp(min=1)
-            if self.args.average_tokens_across_devices:
-                kl = kl * (self.accelerator.num_processes // self.get_tp_size())
-            steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by `Trainer.train`
-        else:
-            kl = kl_sum / predicting.sum().clamp(min=1)
-            steps = 1
+        training = mode == "train"
+        kl = token_mean(self, kl_sum, step_tokens=num_items_in_batch, batch_tokens=predicting.sum(), training=training)
+        steps = micro_batches_in_step(self, training, num_items_in_batch)
         loss = sft_loss + self.args.kl_lambda * kl
 
         gather = self.accelerator.gather  # one value per process, see BlockEMSFTTrainer._log_blocking_metrics

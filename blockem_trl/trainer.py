@@ -25,6 +25,7 @@ from .hooks import capture_residual, get_hook_module, hook_point_for_layer, run_
 from .latents import LatentSet
 from .penalty import PenaltyTerms, blocking_penalty_terms
 from .sae import LatentEncoder, check_sae_compatibility, load_sae
+from .token_loss import micro_batches_in_step, token_mean
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -254,31 +255,16 @@ class BlockEMSFTTrainer(SFTTrainer):
     def _normalise_penalty(
         self, terms: PenaltyTerms, num_items_in_batch: torch.Tensor | int | None, mode: str
     ) -> torch.Tensor:
-        """Divide the micro-batch penalty sum the way TRL divides its token loss.
-
-        In training with ``num_items_in_batch`` set, TRL divides by the token count of the whole optimizer
-        step (all accumulation micro-batches, gathered over processes) and multiplies by the process count,
-        because DDP averages gradients over processes. Summed over the micro-batches and averaged over the
-        processes, the penalty is then the mean over every selected token of the step. Otherwise (evaluation,
-        or models without loss kwargs) it is the mean over this micro-batch.
-        """
-        if mode == "train" and num_items_in_batch is not None and self._penalty_tokens_in_step is not None:
-            penalty = terms.penalty_sum / self._penalty_tokens_in_step.clamp(min=1)
-            if self.args.average_tokens_across_devices:
-                penalty = penalty * (self.accelerator.num_processes // self.get_tp_size())
-            return penalty
-        return terms.penalty_sum / terms.num_tokens.clamp(min=1)
+        """Divide the micro-batch penalty sum the way TRL divides its token loss (see `token_loss.token_mean`)."""
+        step_tokens = self._penalty_tokens_in_step if num_items_in_batch is not None else None
+        return token_mean(self, terms.penalty_sum, step_tokens=step_tokens, batch_tokens=terms.num_tokens,
+                          training=mode == "train")
 
     def _log_blocking_metrics(self, mode, sft_loss, penalty, terms: PenaltyTerms, num_items_in_batch) -> None:
         # One value per process: `gather_for_metrics` would cut the gathered values to the dataset remainder
         # on the last batch, which is meant for per-sample tensors.
         gather = self.accelerator.gather
-        # A micro-batch loss normalised over the whole step is 1/GA of the step's value: rescale it so the logged
-        # average over micro-batches is on the scale of the logged `loss`.
-        steps = 1
-        if mode == "train" and num_items_in_batch is not None:
-            # Set by `Trainer.train`; absent when `training_step` is called directly.
-            steps = getattr(self, "current_gradient_accumulation_steps", 1)
+        steps = micro_batches_in_step(self, mode == "train", num_items_in_batch)
         num_tokens = gather(terms.num_tokens.reshape(1)).sum().clamp(min=1)
         num_positive = int((self.latent_signs > 0).sum())
         num_negative = len(self.latent_signs) - num_positive
