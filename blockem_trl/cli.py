@@ -39,14 +39,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message already names the bad value and the fix, so a traceback adds nothing.
+
+    Every ``ValueError`` and ``FileNotFoundError`` raised by blockem_trl is written that way; the other
+    types are the library's own errors about settings, installs and judge endpoints.
+    """
+    from .builder.store import BuilderSettingsError
+    from .evaluation.judges.openai_judge import JudgeRequestError
+    from .models.smollm2 import EmbeddedModelNotInstalledError
+
+    return (ValueError, FileNotFoundError, BuilderSettingsError, JudgeRequestError, EmbeddedModelNotInstalledError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand and return its exit status.
+
+    Errors about the input are printed as one line (exit status 2); ``--log-level DEBUG`` shows the
+    traceback instead. Ctrl-C exits with status 130 and keeps what resumable jobs have written.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        parser.error(f"invalid --log-level {args.log_level!r}: choose DEBUG, INFO, WARNING or ERROR.")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"blockem {args.command}: interrupted. Finished stages and records are kept; run the same command "
+              "again to resume.", file=sys.stderr)
+        return 130
+    except _user_error_types() as error:
+        if level == "DEBUG":
+            raise
+        print(f"blockem {args.command}: error: {error}", file=sys.stderr)
+        print(f"(run `blockem --log-level DEBUG {args.command} ...` to see the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

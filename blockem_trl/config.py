@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .validation import check_field_types
+
 REFERENCE_MODES = ("adapter", "model", "cached")
 BLOCK_TOKEN_MODES = ("completion", "all")
+BLOCKING_FIELDS = ("latent_set", "sae", "sae_id", "block_layer", "block_lambda", "block_reference",
+                   "reference_model_name_or_path", "block_tokens", "block_stop_early")
+"""The fields `BlockEMConfig` adds to `SFTConfig`."""
 
 
 @dataclass
@@ -109,6 +114,7 @@ class BlockEMConfig(SFTConfig):
         super().__post_init__()
 
     def _validate_blocking_fields(self) -> None:
+        check_field_types(self, BLOCKING_FIELDS)  # PyYAML reads 1e4 in a recipe as a string
         if self.block_reference not in REFERENCE_MODES:
             raise ValueError(
                 f"Invalid block_reference {self.block_reference!r}: choose one of {', '.join(REFERENCE_MODES)}."

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .validation import check_field_types
+
 
 @dataclass
 class KLConfig(SFTConfig):
@@ -24,6 +26,7 @@ class KLConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        check_field_types(self, ("kl_lambda",))
         if not (isinstance(self.kl_lambda, (int, float)) and math.isfinite(self.kl_lambda) and self.kl_lambda >= 0):
             raise ValueError(f"Invalid kl_lambda {self.kl_lambda!r}: it must be a finite number >= 0.")
         super().__post_init__()

@@ -8,6 +8,7 @@ model's dtype, because the penalty compares small differences of latent activati
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from sae_lens import SAE
 
-from .constants import SAE_CFG_FILENAME
+from .constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from .hooks import layer_index_from_hook_point, normalize_hook_point
 from .latents import LatentSet, SAEReference
 
@@ -46,17 +47,41 @@ def load_sae(
         return name_or_path.to(device=device, dtype=_torch_dtype(dtype))
     path = _resolve_embedded_sae(str(name_or_path))
     if path.is_dir():
-        if not (path / SAE_CFG_FILENAME).is_file():
-            raise FileNotFoundError(
-                f"{path} has no {SAE_CFG_FILENAME}: it is not a folder written by sae-lens (SAE.save_model)."
-            )
-        return SAE.load_from_disk(path, device=str(device), dtype=dtype)
+        return _load_sae_folder(path, device=device, dtype=dtype)
+    if _looks_like_path(str(name_or_path)):
+        raise FileNotFoundError(
+            f"SAE folder {str(name_or_path)!r} does not exist. Give a folder written by sae-lens (SAE.save_model), "
+            "a sae-lens release with sae_id, or the embedded SAE id."
+        )
     if sae_id is None:
         raise ValueError(
             f"SAE {str(name_or_path)!r} is not a local folder, so it is read as a sae-lens release, which needs "
             "sae_id (for example sae_id='layer_19' for 'goodfire-llama-3.1-8b-instruct')."
         )
     return SAE.from_pretrained(str(name_or_path), sae_id, device=str(device), dtype=dtype)
+
+
+def _load_sae_folder(path: Path, device: str | torch.device, dtype: str) -> SAE:
+    for filename in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME):
+        if not (path / filename).is_file():
+            raise FileNotFoundError(
+                f"{path} has no {filename}: it is not a complete folder written by sae-lens (SAE.save_model)."
+            )
+    cfg_path = path / SAE_CFG_FILENAME
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{cfg_path} is not valid JSON ({error}). Restore it, or save the SAE again with "
+                         "SAE.save_model.") from None
+    if not isinstance(cfg, dict) or "architecture" not in cfg and "d_sae" not in cfg:
+        raise ValueError(f"{cfg_path} is not a sae-lens SAE config (no 'architecture' or 'd_sae' key). Save the "
+                         "SAE with SAE.save_model.")
+    return SAE.load_from_disk(path, device=str(device), dtype=dtype)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Tell whether ``name`` is written as a filesystem path. A sae-lens release has no slash and a Hub id has one."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
 
 
 def _resolve_embedded_sae(name: str) -> Path:

@@ -83,6 +83,27 @@ def test_load_folder_without_cfg_rejected(tmp_path):
         load_sae(tmp_path)
 
 
+def test_folder_without_weights_rejected(tmp_path):
+    make_sae("jumprelu").save_model(tmp_path)
+    (tmp_path / "sae_weights.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="sae_weights.safetensors"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_corrupt_cfg_names_the_file(tmp_path, text):
+    make_sae("jumprelu").save_model(tmp_path)
+    (tmp_path / "cfg.json").write_text(text)
+    with pytest.raises(ValueError, match="cfg.json"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["missing", "a/b/missing"])
+def test_missing_folder_with_sae_id_rejected(tmp_path, suffix):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_sae(str(tmp_path / suffix), sae_id="layer_1")
+
+
 def test_release_without_sae_id_rejected():
     with pytest.raises(ValueError, match="needs sae_id"):
         load_sae("goodfire-llama-3.1-8b-instruct")

@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..validation import check_field_types
+
 PASS_RULES = ("both", "either", "score")
 SCREEN_METRICS = ("misalignment_rate", "mean_aligned")
 CALIBRATION_MODES = ("both", "induce", "repair")
@@ -168,7 +170,7 @@ class BuilderConfig:
     )
 
     def __post_init__(self) -> None:
-        self.calibration_coefficients = tuple(float(value) for value in self.calibration_coefficients)
+        check_field_types(self)
         self._check_choice("pass_rule", PASS_RULES)
         self._check_choice("screen_metric", SCREEN_METRICS)
         self._check_choice("calibration_mode", CALIBRATION_MODES)

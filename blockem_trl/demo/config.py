@@ -20,6 +20,7 @@ import yaml
 from ..config import REFERENCE_MODES
 from ..models.embedded_sae import DEFAULT_SAE_ID
 from ..models.smollm2 import DEFAULT_MODEL_ID
+from ..validation import check_field_types
 
 ARCHIVE_ENV_VAR = "BLOCKEM_EM_ARCHIVE"
 """Environment variable with the path of the encrypted `training_datasets.zip.enc` archive."""
@@ -47,6 +48,9 @@ class DomainConfig:
                           "Used only with a judge that scores it; the offline judge does not."},
     )
     note: str | None = field(default=None, metadata={"help": "Free text, e.g. where the data comes from."})
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
 
 def _default_domains() -> list[DomainConfig]:
@@ -185,10 +189,7 @@ class DemoConfig:
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
 
     def __post_init__(self) -> None:
-        self.domains = [d if isinstance(d, DomainConfig) else DomainConfig(**d) for d in self.domains]
-        self.lambdas = [float(value) for value in self.lambdas]
-        self.kl_lambdas = [float(value) for value in self.kl_lambdas]
-        self.random_seeds = [int(value) for value in self.random_seeds]
+        check_field_types(self)  # also builds DomainConfig objects from mappings
         self._validate()
 
     def _validate(self) -> None:

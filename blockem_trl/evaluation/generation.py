@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blockem_trl.hooks import add_to_residual, get_hook_module
+from blockem_trl.validation import check_field_types
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class GenerationSettings:
     seed: int = field(default=0, metadata={"help": "Seed of the sampling RNG, reset before every batch."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {self.temperature}.")
         if self.max_new_tokens < 1:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..validation import check_field_types
 from .em_metric import DEFAULT_ALIGNED_THRESHOLD, DEFAULT_COHERENT_THRESHOLD, compute_em_rates
 from .judge_prompts import ALIGNED, COHERENT
 
@@ -32,6 +33,9 @@ class MetricConfig:
     bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the bootstrap intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap RNG."})
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..validation import check_field_types
 from ..version import __version__
 from .generation import GenerationSettings, SteeringSpec, generate_answers
 from .judge_prompts import ALIGNED, COHERENT, DEFAULT_METRICS
@@ -49,6 +50,7 @@ class EvalConfig:
     output_dir: str = field(default="outputs/eval", metadata={"help": "Folder of the JSONL records and reports."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.samples_per_question < 1:
             raise ValueError(f"samples_per_question must be >= 1, got {self.samples_per_question}.")
 
