@@ -173,13 +173,14 @@ class LatentSetBuilder(TrainerCallback):
             calibrations = calibrate_candidates(pair, experiment, sae, survivors, hook_point, mean_norm, baselines,
                                                 config, store.records("calibration"))
         screen_by_index = {record["index"]: record for record in screen}
-        selected = rank_latents(calibrations, {i: r["score"] for i, r in screen_by_index.items()}, config.num_latents)
+        selected = rank_latents(calibrations, {i: r["score"] for i, r in screen_by_index.items()}, config.num_latents,
+                                min_effect=config.min_effect)
         if not selected:
             raise RuntimeError(
                 f"No latent passed the screen and the calibration ({len(survivors)} of {len(to_screen) - len(audited)} passed "
                 f"the screen; budget {config.incoherence_budget}). Results are in {config.output_dir}. Try more "
-                "candidates (num_candidates), a looser pass_rule, incoherence_relative=True or a larger "
-                "incoherence_budget."
+                "candidates (num_candidates), a looser pass_rule, incoherence_relative=True, a larger "
+                f"incoherence_budget or a lower min_effect (now {config.min_effect})."
             )
 
         latent_set = self._latent_set(

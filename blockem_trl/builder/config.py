@@ -163,6 +163,12 @@ class BuilderConfig:
                           "the absolute rate (for small models that are often incoherent unsteered)."},
     )
     num_latents: int = field(default=20, metadata={"help": "|K|: latents kept after ranking, split into K+ and K-."})
+    min_effect: float | None = field(
+        default=None,
+        metadata={"help": "Smallest calibrated effect a latent needs to be kept. None keeps every latent with an "
+                          "admissible strength (a warning names those with effect <= 0); 0 drops latents whose "
+                          "steering moved misalignment the wrong way."},
+    )
     # ---------------------------------------------------------------- misc
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     save_latent_set: bool = field(

@@ -132,3 +132,13 @@ def test_ranking_drops_inadmissible_and_breaks_ties():
                     Calibration(3, None, -math.inf, 0.5, 0, 2), Calibration(4, 0.8, 0.5, 0.0, 1, 2)]
     assert rank_latents(calibrations, {1: 0.1, 2: 0.3}, num_latents=3) == [4, 2, 1]
     assert rank_latents(calibrations, {}, num_latents=1) == [4]
+
+
+def test_ranking_min_effect(caplog):
+    calibrations = [Calibration(1, 0.4, 0.2, 0.0, 1, 2), Calibration(2, 0.4, -0.1, 0.0, 1, 2),
+                    Calibration(3, 0.4, 0.0, 0.0, 1, 2)]
+    with caplog.at_level("WARNING"):
+        assert rank_latents(calibrations, {}, num_latents=3) == [1, 3, 2]
+    assert "[3, 2] have a calibrated effect <= 0" in caplog.text
+    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.0) == [1, 3]
+    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.1) == [1]
