@@ -21,6 +21,17 @@ SUBCOMMAND_MODULES = {
 }
 
 
+def positive_int(text: str) -> int:
+    """Parse a command-line integer that must be >= 1 (thread counts, sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: give an integer >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockem",
@@ -45,11 +56,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     Every ``ValueError`` and ``FileNotFoundError`` raised by blockem_trl is written that way; the other
     types are the library's own errors about settings, installs and judge endpoints.
     """
-    from .builder.store import BuilderSettingsError
+    from .builder.store import BuilderSettingsError, NoLatentsSelectedError
     from .evaluation.judges.openai_judge import JudgeRequestError
     from .models.smollm2 import EmbeddedModelNotInstalledError
 
-    return (ValueError, FileNotFoundError, BuilderSettingsError, JudgeRequestError, EmbeddedModelNotInstalledError)
+    return (ValueError, FileNotFoundError, BuilderSettingsError, NoLatentsSelectedError, JudgeRequestError,
+            EmbeddedModelNotInstalledError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from sae_lens import SAE
+from safetensors import SafetensorError
 
 from .constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from .hooks import layer_index_from_hook_point, normalize_hook_point
@@ -45,9 +46,12 @@ def load_sae(
     """
     if isinstance(name_or_path, SAE):
         return name_or_path.to(device=device, dtype=_torch_dtype(dtype))
-    path = _resolve_embedded_sae(str(name_or_path))
+    path = _resolve_embedded_sae(str(name_or_path)).expanduser()
     if path.is_dir():
         return _load_sae_folder(path, device=device, dtype=dtype)
+    if path.is_file():
+        raise ValueError(f"SAE {str(name_or_path)!r} is a file: give the folder that contains {SAE_CFG_FILENAME} and "
+                         f"{SAE_WEIGHTS_FILENAME} ({path.parent}).")
     if _looks_like_path(str(name_or_path)):
         raise FileNotFoundError(
             f"SAE folder {str(name_or_path)!r} does not exist. Give a folder written by sae-lens (SAE.save_model), "
@@ -76,7 +80,12 @@ def _load_sae_folder(path: Path, device: str | torch.device, dtype: str) -> SAE:
     if not isinstance(cfg, dict) or "architecture" not in cfg and "d_sae" not in cfg:
         raise ValueError(f"{cfg_path} is not a sae-lens SAE config (no 'architecture' or 'd_sae' key). Save the "
                          "SAE with SAE.save_model.")
-    return SAE.load_from_disk(path, device=str(device), dtype=dtype)
+    try:
+        return SAE.load_from_disk(path, device=str(device), dtype=dtype)
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as error:
+        # sae-lens raises KeyError for an unknown architecture and TypeError for missing config keys.
+        raise ValueError(f"Could not load the SAE in {path}: {type(error).__name__}: {error}. Check that the folder "
+                         "was written by SAE.save_model of a compatible sae-lens version.") from error
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,13 +1,16 @@
 """Type checks of config values that come from YAML recipes, ``--set`` overrides and Python code.
 
 PyYAML follows YAML 1.1, which reads ``1e3`` (no dot) as the string ``"1e3"``, so numeric fields accept
-numeric strings and convert them. Anything else of the wrong type raises a `ValueError` that names the
-field, the value and the expected type, before any work starts.
+numeric strings and convert them, and string fields take numbers (``output_dir: 2024``) and paths. Anything
+else of the wrong type raises a `ValueError` that names the field, the value and the expected type, before
+any work starts. NumPy and other `numbers` scalars count as numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 import types
 import typing
 from typing import Any
@@ -40,6 +43,7 @@ def _convert(value: Any, annotation: Any) -> Any:
     if annotation is Any:
         return value
     origin = typing.get_origin(annotation)
+
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
@@ -47,41 +51,63 @@ def _convert(value: Any, annotation: Any) -> Any:
             except _Mismatch:
                 continue
         raise _Mismatch
+
     if annotation is type(None):
         if value is None:
             return None
         raise _Mismatch
+
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
         item = (typing.get_args(annotation) or (Any,))[0]  # list[X] and tuple[X, ...]
         return origin(_convert(element, item) for element in value)
+
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise _Mismatch
         return value
+
     if annotation is bool:
         if isinstance(value, bool):
             return value
         raise _Mismatch
+
     if annotation in (int, float):
         return _convert_number(value, annotation)
+
     if annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return str(value)  # YAML reads an unquoted `2024` as a number
         raise _Mismatch
+
     if dataclasses.is_dataclass(annotation):
-        if isinstance(value, annotation):
-            return value
-        if isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(annotation)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise ValueError(f"{annotation.__name__} has no field {', '.join(map(repr, unknown))}; "
-                                 f"valid fields: {', '.join(sorted(known))}.")
-            return annotation(**value)
-        raise _Mismatch
+        return _build_dataclass(value, annotation)
+
     return value  # a type this module does not check
+
+
+def _build_dataclass(value: Any, cls: type) -> Any:
+    """Return ``value`` if it is a ``cls``, or a ``cls`` built from a mapping of its fields."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise _Mismatch
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                         f"valid fields: {', '.join(sorted(known))}.")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise ValueError(f"{cls.__name__} is missing the field {', '.join(map(repr, missing))}; got {value!r}.")
+    return cls(**value)
 
 
 def _convert_number(value: Any, kind: type) -> int | float:
@@ -93,12 +119,12 @@ def _convert_number(value: Any, kind: type) -> int | float:
         except ValueError:
             raise _Mismatch from None
     if kind is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
             return int(value)
         raise _Mismatch
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         return float(value)
     raise _Mismatch
 

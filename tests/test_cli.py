@@ -28,3 +28,20 @@ def test_bad_log_level_rejected(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--log-level", "LOUD", "demo"])
     assert "invalid --log-level 'LOUD'" in capsys.readouterr().err
+
+
+def test_push_arm_needs_repo_before_run(capsys):
+    assert cli.main(["demo", "--push-arm", "finance/plain"]) == 2
+    assert "--push-repo-id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--threads", "0"], ["build-latents", "--misaligned", "x", "--output-dir",
+                                                                "y", "--threads", "-1"]])
+def test_thread_count_checked(argv, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "give an integer >= 1" in capsys.readouterr().err
+
+
+def test_positive_int_parses():
+    assert cli.positive_int("3") == 3

@@ -104,6 +104,25 @@ def test_missing_folder_with_sae_id_rejected(tmp_path, suffix):
         load_sae(str(tmp_path / suffix), sae_id="layer_1")
 
 
+def test_file_instead_of_folder_rejected(tmp_path):
+    make_sae("jumprelu").save_model(tmp_path)
+    with pytest.raises(ValueError, match="is a file"):
+        load_sae(tmp_path / "cfg.json")
+
+
+def test_corrupt_weights_name_the_folder(tmp_path):
+    make_sae("jumprelu").save_model(tmp_path)
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="Could not load the SAE in"):
+        load_sae(tmp_path)
+
+
+def test_home_folder_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_sae("jumprelu").save_model(tmp_path / "sae")
+    assert load_sae("~/sae").cfg.d_sae == make_sae("jumprelu").cfg.d_sae
+
+
 def test_release_without_sae_id_rejected():
     with pytest.raises(ValueError, match="needs sae_id"):
         load_sae("goodfire-llama-3.1-8b-instruct")

@@ -6,6 +6,6 @@ stage 3 calibrates the steering strength under an incoherence budget and keeps t
 
 from .builder import LatentSetBuilder
 from .config import BuilderConfig
-from .store import BuilderSettingsError
+from .store import BuilderSettingsError, NoLatentsSelectedError
 
-__all__ = ["BuilderConfig", "BuilderSettingsError", "LatentSetBuilder"]
+__all__ = ["BuilderConfig", "BuilderSettingsError", "LatentSetBuilder", "NoLatentsSelectedError"]

@@ -36,7 +36,7 @@ from .prompts import load_discovery_prompts
 from .stage1_shift import Candidate, activation_stats, select_candidates
 from .stage2_screen import run_baselines, screen_candidates
 from .stage3_calibrate import calibrate_candidates, rank_latents
-from .store import BuildStore
+from .store import BuildStore, NoLatentsSelectedError
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class LatentSetBuilder(TrainerCallback):
         selected = rank_latents(calibrations, {i: r["score"] for i, r in screen_by_index.items()}, config.num_latents,
                                 min_effect=config.min_effect)
         if not selected:
-            raise RuntimeError(
+            raise NoLatentsSelectedError(
                 f"No latent passed the screen and the calibration ({len(survivors)} of {len(to_screen) - len(audited)} passed "
                 f"the screen; budget {config.incoherence_budget}). Results are in {config.output_dir}. Try more "
                 "candidates (num_candidates), a looser pass_rule, incoherence_relative=True, a larger "

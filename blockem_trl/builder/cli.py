@@ -13,6 +13,8 @@ import logging
 import time
 import typing
 
+from ..cli import positive_int
+
 logger = logging.getLogger(__name__)
 
 # Fields set by dedicated options or not meaningful on the command line.
@@ -68,8 +70,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="Start from BuilderConfig.quick() (small candidate pool, short generations, prescreen) instead of the full defaults.")
     parser.add_argument("--device", default="cpu", help="Torch device of the models and the SAE, for example 'cuda'.")
-    parser.add_argument("--dtype", default="float32", help="Torch dtype of the models (float32, bfloat16, float16).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="Torch dtype of the models.")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (torch.set_num_threads).")
     parser.add_argument("--judge", choices=("offline", "transformers"), default="offline",
                         help="Judge of the screen and the calibration: the offline embedding judge, or a local chat "
                              "model run with transformers (--transformers-judge-model).")

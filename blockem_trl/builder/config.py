@@ -12,6 +12,7 @@ it, and it is stored with the results.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -165,9 +166,9 @@ class BuilderConfig:
     num_latents: int = field(default=20, metadata={"help": "|K|: latents kept after ranking, split into K+ and K-."})
     min_effect: float | None = field(
         default=None,
-        metadata={"help": "Smallest calibrated effect a latent needs to be kept. None keeps every latent with an "
-                          "admissible strength (a warning names those with effect <= 0); 0 drops latents whose "
-                          "steering moved misalignment the wrong way."},
+        metadata={"help": "A latent is kept only when its calibrated effect is above this. None keeps every latent "
+                          "with an admissible strength (a warning names those with effect <= 0); 0 keeps only "
+                          "latents whose steering moved misalignment the expected way."},
     )
     # ---------------------------------------------------------------- misc
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
@@ -188,10 +189,23 @@ class BuilderConfig:
             raise ValueError(f"BuilderConfig.prescreen_keep must be >= 1 or None, got {self.prescreen_keep}.")
         if self.prescreen_keep is not None and not self.prescreen:
             raise ValueError("BuilderConfig.prescreen_keep needs prescreen=True; set prescreen=True or drop it.")
-        if not self.calibration_coefficients or min(self.calibration_coefficients) <= 0:
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"BuilderConfig.max_prompts must be >= 1, or None for every prompt; got {self.max_prompts}.")
+        if self.prescreen_audit < 0:
+            raise ValueError(f"BuilderConfig.prescreen_audit must be >= 0, got {self.prescreen_audit}.")
+        strengths = (*self.calibration_coefficients, self.induce_coefficient, self.repair_coefficient)
+        if not self.calibration_coefficients or not all(math.isfinite(value) and value > 0 for value in strengths):
             raise ValueError(
-                f"BuilderConfig.calibration_coefficients must be positive strengths, got {self.calibration_coefficients}."
+                "BuilderConfig steering strengths must be finite and > 0, got induce_coefficient "
+                f"{self.induce_coefficient}, repair_coefficient {self.repair_coefficient} and calibration_coefficients "
+                f"{self.calibration_coefficients}."
             )
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"BuilderConfig.temperature must be >= 0 (0 is greedy decoding), got {self.temperature}.")
+        for name in ("min_induce_gain", "min_repair_gain", "min_score", "min_effect"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"BuilderConfig.{name} must be a finite number, got {value}.")
         if not 0 <= self.incoherence_budget <= 1:
             raise ValueError(f"BuilderConfig.incoherence_budget is a rate in [0, 1], got {self.incoherence_budget}.")
 

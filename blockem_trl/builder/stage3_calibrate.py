@@ -98,17 +98,18 @@ def rank_latents(calibrations: Sequence[Calibration], screen_scores: dict[int, f
                  min_effect: float | None = None) -> list[int]:
     """Return up to ``num_latents`` latent indices with an admissible strength, best calibrated effect first.
 
-    Ties are broken by the screen score. With ``min_effect`` set, latents whose effect is below it are dropped.
+    Ties are broken by the screen score. With ``min_effect`` set, only latents whose effect is above it are kept.
     """
     usable = [calibration for calibration in calibrations if calibration.best_coefficient is not None]
     dropped = len(calibrations) - len(usable)
     if dropped:
         logger.warning("%d survivors have no steering strength within the incoherence budget and are not kept.", dropped)
     if min_effect is not None:
-        weak = [calibration.index for calibration in usable if calibration.effect < min_effect]
+        weak = [calibration.index for calibration in usable if not calibration.effect > min_effect]
         if weak:
-            logger.warning("Latents %s have a calibrated effect below min_effect=%g and are not kept.", weak, min_effect)
-        usable = [calibration for calibration in usable if calibration.effect >= min_effect]
+            logger.warning("Latents %s have a calibrated effect not above min_effect=%g and are not kept.", weak,
+                           min_effect)
+        usable = [calibration for calibration in usable if calibration.effect > min_effect]
     usable.sort(key=lambda calibration: (calibration.effect, screen_scores.get(calibration.index, 0.0)), reverse=True)
     selected = usable[:num_latents]
     wrong_way = [calibration.index for calibration in selected if calibration.effect <= 0]

@@ -33,6 +33,10 @@ class BuilderSettingsError(RuntimeError):
     """Raised when a build folder contains results computed with other settings."""
 
 
+class NoLatentsSelectedError(RuntimeError):
+    """Raised when no latent passes the screen, the calibration and ``min_effect``; the stage files are kept."""
+
+
 def _changed_fields(old: dict, new: dict) -> list[str]:
     names = sorted(set(old) | set(new))
     return [f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in names if old.get(name) != new.get(name)]

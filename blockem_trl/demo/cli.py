@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ..cli import positive_int
 from .config import ARCHIVE_ENV_VAR, DemoConfig
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"Encrypted training_datasets.zip.enc of Turner, Soligo et al. (default: ${ARCHIVE_ENV_VAR}).")
     parser.add_argument("--output-dir", default=None, help="Folder of all stage outputs and the report.")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the data split, training and sampling.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the tqdm progress bars.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="Override a DemoConfig field; VALUE is read as YAML, e.g. --set 'lambdas=[1, 10]'.")
@@ -52,8 +53,13 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     for item in args.overrides:
         key, separator, value = item.partition("=")
         if not separator:
-            raise SystemExit(f"Invalid --set {item!r}: write FIELD=VALUE, e.g. --set num_train=200.")
-        overrides[key.strip()] = yaml.safe_load(value)
+            raise ValueError(f"Invalid --set {item!r}: write FIELD=VALUE, e.g. --set num_train=200.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            message = str(error).replace("\n", " ")
+            raise ValueError(f"Invalid --set {item!r}: its value is not valid YAML ({message}). "
+                             "Quote lists and mappings whole, e.g. --set 'lambdas=[1, 10]'.") from None
     for name in ("data_archive", "output_dir", "seed", "threads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -69,14 +75,14 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 def run_from_args(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
+    if args.push_arm and not args.push_repo_id:
+        raise ValueError(f"--push-arm {args.push_arm!r} needs --push-repo-id OWNER/NAME, the Hub repo to push to.")
     config = config_from_args(args)
     started = time.perf_counter()
     logger.info("blockem demo: command %s", " ".join(shlex.quote(a) for a in sys.argv))
     report = run_demo(config)
     print(f"Report: {Path(config.output_dir) / 'report.md'} (took {(time.perf_counter() - started) / 60:.1f} min)")
     if args.push_arm:
-        if not args.push_repo_id:
-            raise SystemExit("--push-arm needs --push-repo-id OWNER/NAME.")
         from .hub import push_adapter_to_hub
 
         domain, _, arm = args.push_arm.rpartition("/")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..builder.config import BuilderConfig
 from ..config import REFERENCE_MODES
 from ..models.embedded_sae import DEFAULT_SAE_ID
 from ..models.smollm2 import DEFAULT_MODEL_ID
@@ -31,6 +32,7 @@ ARCHIVE_PASSWORD = "model-organisms-em-datasets"
 LAMBDA_MODES = ("relative", "raw")
 SIZES = ("quick", "default")
 JUDGE_CHOICES = ("offline", "openai", "transformers")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -77,7 +79,7 @@ class DemoConfig:
         metadata={"help": "Module path of the hooked decoder block output, e.g. 'model.layers.19' (0-based block "
                           "19, = hidden_states[20]). None reads it from the SAE."},
     )
-    dtype: str = field(default="float32", metadata={"help": "Model weight dtype: float32, bfloat16 or float16."})
+    dtype: str = field(default="float32", metadata={"help": f"Model weight dtype: {', '.join(DTYPES)}."})
     # ---------------------------------------------------------------- data
     domains: list[DomainConfig] = field(
         default_factory=_default_domains,
@@ -155,7 +157,9 @@ class DemoConfig:
                           "CPU) or 'full' (BuilderConfig defaults, the paper's sizes)."},
     )
     builder: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "BuilderConfig fields that override the preset, e.g. num_latents."}
+        default_factory=dict,
+        metadata={"help": "BuilderConfig fields that override the preset, e.g. num_latents. With a size preset, "
+                          "they are merged over the preset's own builder settings."},
     )
     # ---------------------------------------------------------------- evaluation
     questions: str = field(
@@ -217,10 +221,49 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be positive (lambda = 0 is the plain arm), got {bad}.")
         if not self.lambdas:
             raise ValueError("DemoConfig.lambdas is empty: give at least one BLOCK-EM penalty weight.")
+        if self.ablation_lambda is not None and not (math.isfinite(self.ablation_lambda) and self.ablation_lambda > 0):
+            raise ValueError(f"Invalid ablation_lambda {self.ablation_lambda!r}: give a finite weight > 0 (random K and "
+                             "Top-Delta need a penalty to be ablations), or null for the middle of `lambdas`.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Invalid dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}.")
+        self._check_ranges()
+        self._check_builder()
         for name in ("num_train", "num_heldout", "calibration_examples", "samples_per_question", "max_new_tokens",
                      "eval_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}.")
+
+    def _check_ranges(self) -> None:
+        """Reject numbers outside the range where a setting means anything."""
+        checks = {
+            "learning_rate": (self.learning_rate > 0, "> 0"),
+            "num_train_epochs": (self.num_train_epochs > 0, "> 0"),
+            "warmup_ratio": (0 <= self.warmup_ratio <= 1, "between 0 and 1"),
+            "lora_dropout": (0 <= self.lora_dropout < 1, ">= 0 and < 1"),
+            "lora_alpha": (self.lora_alpha > 0, "> 0"),
+            "temperature": (self.temperature >= 0, ">= 0 (0 means greedy decoding)"),
+            "max_length": (self.max_length >= 1, ">= 1"),
+            "logging_steps": (self.logging_steps >= 1, ">= 1"),
+            "bootstrap_samples": (self.bootstrap_samples >= 1, ">= 1"),
+            "indomain_generations": (self.indomain_generations >= 0, ">= 0"),
+            "threads": (self.threads is None or self.threads >= 1, ">= 1, or null for torch's choice"),
+        }
+        for name, (valid, expected) in checks.items():
+            value = getattr(self, name)
+            if not valid or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"Invalid DemoConfig.{name} {value!r}: it must be {expected}.")
+
+    def _check_builder(self) -> None:
+        """Build the discovery settings once now, so a bad `builder` entry fails before any arm trains."""
+        known = {f.name for f in dataclasses.fields(BuilderConfig)}
+        unknown = sorted(set(self.builder) - known)
+        if unknown:
+            raise ValueError(f"DemoConfig.builder has unknown keys {unknown}. Valid keys: {sorted(known)}.")
+        preset = BuilderConfig.quick if self.builder_preset == "quick" else BuilderConfig
+        try:
+            preset(**self.builder)
+        except ValueError as error:
+            raise ValueError(f"DemoConfig.builder: {error}") from None
 
     # ------------------------------------------------------------------ derived values
 
@@ -263,6 +306,8 @@ class DemoConfig:
                 "builder": {"max_prompts": 10, "num_candidates": 8, "prescreen_keep": 4, "prescreen_audit": 0,
                             "max_new_tokens": 24, "calibration_coefficients": [0.1, 0.2, 0.4], "num_latents": 6},
             }
+        if isinstance(overrides.get("builder"), dict):
+            overrides["builder"] = {**settings.get("builder", {}), **overrides["builder"]}
         settings.update(overrides)
         return cls(**settings)
 
@@ -280,7 +325,15 @@ class DemoConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> DemoConfig:
         """Read a recipe: a YAML mapping of `DemoConfig` fields, optionally starting from ``size: quick|default``."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"Recipe {path} is not a file. Give the path of a YAML recipe, e.g. "
+                                    "recipes/demo_smollm2.yaml.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            message = str(error).replace("\n", " ")
+            raise ValueError(f"Recipe {path} is not valid UTF-8 YAML ({message}).") from None
         if not isinstance(data, dict):
             raise ValueError(f"Recipe {path} must be a YAML mapping of DemoConfig fields, got {type(data).__name__}.")
         data.update(overrides)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cli import positive_int
 from .sae_training import SAETrainingConfig
 
 
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="Tokens per optimizer step.")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Peak Adam learning rate.")
     parser.add_argument("--eval-conversations", type=int, default=40, help="Held-out conversations in the report.")
-    parser.add_argument("--num-threads", type=int, default=2, help="Torch CPU threads.")
+    parser.add_argument("--threads", "--num-threads", dest="num_threads", type=positive_int, default=2,
+                        help="Torch CPU threads.")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -140,5 +140,5 @@ def test_ranking_min_effect(caplog):
     with caplog.at_level("WARNING"):
         assert rank_latents(calibrations, {}, num_latents=3) == [1, 3, 2]
     assert "[3, 2] have a calibrated effect <= 0" in caplog.text
-    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.0) == [1, 3]
-    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.1) == [1]
+    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.0) == [1]
+    assert rank_latents(calibrations, {}, num_latents=3, min_effect=0.2) == []

@@ -43,6 +43,16 @@ def test_ablation_weight_is_middle_value():
     ("judge", "gpt", "judge"),
     ("domains", [], "domains"),
     ("num_train", 0, "num_train"),
+    ("ablation_lambda", 0.0, "ablation_lambda"),
+    ("ablation_lambda", float("nan"), "ablation_lambda"),
+    ("dtype", "banana", "dtype 'banana'"),
+    ("learning_rate", -1.0, "learning_rate"),
+    ("warmup_ratio", 5.0, "warmup_ratio"),
+    ("threads", 0, "threads"),
+    ("temperature", -1.0, "temperature"),
+    ("builder", {"num_latentz": 3}, "unknown keys \\['num_latentz'\\]"),
+    ("builder", {"num_latents": "x"}, "DemoConfig.builder: BuilderConfig.num_latents"),
+    ("builder", {"max_prompts": 0}, "max_prompts"),
 ])
 def test_invalid_settings_raise(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -73,8 +83,32 @@ def test_cli_quick_and_set():
 
 
 def test_cli_rejects_bad_set():
-    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
         parse("--set", "lambdas")
+
+
+def test_cli_rejects_bad_set_yaml():
+    with pytest.raises(ValueError, match="not valid YAML"):
+        parse("--set", "lambdas=[1, 2")
+
+
+def test_builder_override_merges_preset():
+    quick = DemoConfig.for_size("quick")
+    config = parse("--quick", "--set", "builder={num_latents: 4}")
+    assert config.builder["num_latents"] == 4
+    assert config.builder["max_prompts"] == quick.builder["max_prompts"]
+
+
+def test_recipe_folder_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        DemoConfig.from_yaml(tmp_path)
+
+
+def test_recipe_bad_yaml_names_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lambdas: [1, 2\n")
+    with pytest.raises(ValueError, match="recipe.yaml is not valid UTF-8 YAML"):
+        DemoConfig.from_yaml(path)
 
 
 def test_split_is_disjoint(tmp_path):
