@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
+import operator
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,12 @@ class SAEReference:
     d_in: int | None = None
     d_sae: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("release", "sae_id", "path", "content_hash", "architecture"):
+            _check_optional_string(getattr(self, name), name)
+        self.d_in = _as_integer(self.d_in, "d_in", minimum=1, optional=True)
+        self.d_sae = _as_integer(self.d_sae, "d_sae", minimum=1, optional=True)
+
     def describe(self) -> str:
         if self.release is not None:
             return f"{self.release}/{self.sae_id}" if self.sae_id else self.release
@@ -65,6 +73,27 @@ class LatentRecord:
     """Induce-and-repair screen scores (for example ``induce_gain``, ``repair_gain``)."""
     calibration: dict[str, float] = field(default_factory=dict)
     """Steering-strength calibration (for example ``best_coefficient``, ``effect``, ``incoherence``)."""
+
+    def __post_init__(self) -> None:
+        self.index = _as_integer(self.index, "record index", minimum=0)
+        if isinstance(self.sign, bool) or not isinstance(self.sign, int) or self.sign not in (1, -1):
+            raise LatentSetError(
+                f"Invalid sign {_show(self.sign)} in the record of latent {self.index}: it must be the integer 1 "
+                "(K+) or -1 (K-)."
+            )
+        if self.activation_shift is not None:
+            if isinstance(self.activation_shift, bool) or not isinstance(self.activation_shift, numbers.Real):
+                raise LatentSetError(
+                    f"Invalid activation_shift {_show(self.activation_shift)} in the record of latent {self.index}: "
+                    "it must be a number or null."
+                )
+            self.activation_shift = float(self.activation_shift)
+        for name in ("screen", "calibration"):
+            if not isinstance(getattr(self, name), dict):
+                raise LatentSetError(
+                    f"Invalid {name} {_show(getattr(self, name))} in the record of latent {self.index}: it must be "
+                    "a mapping from score name to value."
+                )
 
 
 @dataclass
@@ -92,8 +121,21 @@ class LatentSet:
     def __post_init__(self) -> None:
         self.positive = [_as_index(i, "positive") for i in self.positive]
         self.negative = [_as_index(i, "negative") for i in self.negative]
+        if not isinstance(self.hook_point, str) or not self.hook_point:
+            raise LatentSetError(
+                f"Invalid hook_point {_show(self.hook_point)}: it must be the module path of a decoder block, such "
+                "as 'model.layers.19'."
+            )
+        self.layer_index = _as_integer(self.layer_index, "layer_index", minimum=0, optional=True)
         if self.layer_index is None:
-            self.layer_index = layer_index_from_hook_point(self.hook_point)
+            self.layer_index = _layer_of(self.hook_point)
+        _check_optional_string(self.model_name_or_path, "model_name_or_path")
+        if not isinstance(self.sae, SAEReference):
+            raise LatentSetError(f"Invalid sae {_show(self.sae)}: it must be an SAEReference.")
+        if not isinstance(self.records, list) or not all(isinstance(r, LatentRecord) for r in self.records):
+            raise LatentSetError(f"Invalid records {_show(self.records)}: it must be a list of LatentRecord.")
+        if not isinstance(self.metadata, dict):
+            raise LatentSetError(f"Invalid metadata {_show(self.metadata)}: it must be a mapping.")
         self.validate()
 
     # ------------------------------------------------------------------ accessors
@@ -121,7 +163,8 @@ class LatentSet:
 
         Raises:
             LatentSetError: on an empty set, duplicates, overlapping K+ and K-, a negative index, an index
-                outside the SAE's width, or a layer index that contradicts the hook point.
+                outside the SAE's width, or a layer index that contradicts the hook point. Also on a record that
+                repeats a latent, describes a latent outside K+ and K-, or has the sign of the other list.
         """
         if not self.indices:
             raise LatentSetError("The latent set is empty: K+ and K- hold no latent. Block at least one latent.")
@@ -143,10 +186,30 @@ class LatentSet:
                     f"Latents {outside} are outside the SAE's width of {width} latents (valid: 0 to {width - 1}). "
                     "The latent set was probably built for another SAE."
                 )
-        if self.layer_index != layer_index_from_hook_point(self.hook_point):
+        if self.layer_index != _layer_of(self.hook_point):
             raise LatentSetError(
                 f"layer_index {self.layer_index} contradicts hook point {self.hook_point!r}. {LAYER_CONVENTION}."
             )
+        self._validate_records()
+
+    def _validate_records(self) -> None:
+        sign_by_index = dict(zip(self.indices, self.signs))
+        seen: set[int] = set()
+        for record in self.records:
+            if record.index not in sign_by_index:
+                raise LatentSetError(
+                    f"The record of latent {record.index} describes a latent that is in neither K+ nor K-. Remove "
+                    "the record, or add the latent to positive or negative."
+                )
+            if record.sign != sign_by_index[record.index]:
+                expected = "K+ (sign 1)" if sign_by_index[record.index] == 1 else "K- (sign -1)"
+                raise LatentSetError(
+                    f"The record of latent {record.index} has sign {record.sign}, but the latent is in {expected}. "
+                    "Make the record's sign match the list that contains the latent."
+                )
+            if record.index in seen:
+                raise LatentSetError(f"Latent {record.index} has more than one record. Keep one record per latent.")
+            seen.add(record.index)
 
     # ------------------------------------------------------------------ serialisation
 
@@ -168,17 +231,21 @@ class LatentSet:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> LatentSet:
+        """Build a latent set from the mapping written by `to_dict`.
+
+        Raises:
+            LatentSetError: naming ``source`` (the file) and the first field that is missing or invalid.
+        """
         if not isinstance(data, dict) or data.get("format") != LATENT_SET_FORMAT:
             raise LatentSetError(f"{source} is not a blockem_trl latent set (missing 'format': {LATENT_SET_FORMAT!r}).")
-        version = data.get("schema_version")
-        if version != LATENT_SET_SCHEMA_VERSION:
-            raise LatentSetError(
-                f"{source} has schema_version {version!r}, but this blockem_trl ({__version__}) reads version "
-                f"{LATENT_SET_SCHEMA_VERSION}. Upgrade blockem_trl (pip install -U blockem_trl) to read it."
-            )
+        _check_schema_version(data.get("schema_version"), source)
         for key in ("positive", "negative"):
             if not isinstance(data.get(key), list):
                 raise LatentSetError(f"{source}: {key!r} must be a list of latent indices, got {data.get(key)!r}.")
+        if "hook_point" not in data:
+            raise LatentSetError(
+                f"{source}: missing field 'hook_point'. Set it to the hooked module path, such as 'model.layers.19'."
+            )
         try:
             return cls(
                 positive=list(data["positive"]),
@@ -186,12 +253,12 @@ class LatentSet:
                 hook_point=data["hook_point"],
                 layer_index=data.get("layer_index"),
                 model_name_or_path=data.get("model_name_or_path"),
-                sae=SAEReference(**data.get("sae", {})),
-                records=[LatentRecord(**r) for r in data.get("records", [])],
+                sae=_from_mapping(SAEReference, data.get("sae", {}), "sae"),
+                records=_records_from_list(data.get("records", [])),
                 metadata=data.get("metadata", {}),
             )
-        except (KeyError, TypeError) as error:
-            raise LatentSetError(f"{source} is missing or has an invalid field: {error}.") from error
+        except LatentSetError as error:
+            raise LatentSetError(f"{source}: {error}") from None
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write the set to ``save_directory/latent_set.json`` atomically and return the file path."""
@@ -281,17 +348,89 @@ class LatentSet:
 def _as_index(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise LatentSetError(f"Latent index {value!r} in {name} is a boolean, not an integer.")
-    if not isinstance(value, int):
-        try:
-            as_int = int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise LatentSetError(f"Latent index {value!r} in {name} is not an integer.") from None
-        if as_int != value:
-            raise LatentSetError(f"Latent index {value!r} in {name} is not an integer.")
-        value = as_int
+    try:
+        value = operator.index(value)  # accepts int and NumPy or torch integers, and rejects floats such as 1.0
+    except TypeError:
+        raise LatentSetError(f"Latent index {value!r} in {name} is not an integer.") from None
     if value < 0:
         raise LatentSetError(f"Latent index {value} in {name} is negative. Indices count from 0.")
     return value
+
+
+def _as_integer(value: Any, name: str, minimum: int, optional: bool = False) -> int | None:
+    """Return ``value`` as an int, rejecting booleans, floats (even 1.0) and numeric strings."""
+    if value is None and optional:
+        return None
+    expected = f"an integer of at least {minimum}" + (" or null" if optional else "")
+    if isinstance(value, bool):
+        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.") from None
+    if number < minimum:
+        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.")
+    return number
+
+
+def _check_optional_string(value: Any, name: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be a string or null.")
+
+
+def _show(value: Any) -> str:
+    """Format a value for an error message: ``null`` or ``'48' (str)``, at most 60 characters of it."""
+    return "null" if value is None else f"{value!r:.60} ({type(value).__name__})"
+
+
+def _layer_of(hook_point: str) -> int:
+    try:
+        return layer_index_from_hook_point(hook_point)
+    except ValueError as error:
+        raise LatentSetError(str(error)) from None
+
+
+def _check_schema_version(version: Any, source: str) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise LatentSetError(
+            f"{source}: invalid schema_version {_show(version)}: it must be a positive integer, and this "
+            f"blockem_trl ({__version__}) writes {LATENT_SET_SCHEMA_VERSION}. Rebuild the latent set, or set "
+            f"schema_version to {LATENT_SET_SCHEMA_VERSION} if the file was edited by hand."
+        )
+    if version > LATENT_SET_SCHEMA_VERSION:
+        raise LatentSetError(
+            f"{source} has schema_version {version}, but this blockem_trl ({__version__}) reads version "
+            f"{LATENT_SET_SCHEMA_VERSION}. Upgrade blockem_trl (pip install -U blockem_trl) to read it."
+        )
+    if version != LATENT_SET_SCHEMA_VERSION:
+        raise LatentSetError(
+            f"{source} has schema_version {version}, which this blockem_trl ({__version__}) no longer reads "
+            f"(it reads {LATENT_SET_SCHEMA_VERSION}). Rebuild the latent set."
+        )
+
+
+def _from_mapping(cls: type, value: Any, name: str):
+    """Build dataclass ``cls`` from a JSON mapping, naming ``name`` on a wrong type or an unknown key."""
+    if not isinstance(value, dict):
+        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be a mapping.")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise LatentSetError(f"Unknown keys {unknown} in {name}. Valid keys: {', '.join(known)}.")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise LatentSetError(f"{name} is missing the keys {missing}. Add them, or rebuild the latent set.")
+    try:
+        return cls(**value)
+    except LatentSetError as error:
+        raise LatentSetError(f"{name}: {error}") from None
+
+
+def _records_from_list(value: Any) -> list[LatentRecord]:
+    if not isinstance(value, list):
+        raise LatentSetError(f"Invalid records {_show(value)}: it must be a list of mappings.")
+    return [_from_mapping(LatentRecord, item, f"records[{position}]") for position, item in enumerate(value)]
 
 
 def _download_from_hub(repo_id: str, revision, cache_dir, token) -> str:

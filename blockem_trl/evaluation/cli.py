@@ -81,7 +81,9 @@ def build_judges(args: argparse.Namespace) -> list:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"Invalid --threads {args.threads}: it must be an integer of at least 1.")
         torch.set_num_threads(args.threads)
     config = EvalConfig(
         model=args.model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -35,8 +36,14 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {self.temperature}.")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"Invalid temperature {self.temperature}: it must be a finite number >= 0 (0 means greedy decoding)."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"Invalid top_p {self.top_p}: it must be a number in (0, 1], where 1.0 turns nucleus sampling off."
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.batch_size < 1:

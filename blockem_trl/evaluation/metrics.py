@@ -36,6 +36,18 @@ class MetricConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        for name in ("aligned_threshold", "coherent_threshold", "domain_threshold"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 100):
+                raise ValueError(f"Invalid {name} {value}: it must be a number between 0 and 100.")
+        if not 0 < self.confidence < 1:
+            raise ValueError(
+                f"Invalid confidence {self.confidence}: it must be a number between 0 and 1 (exclusive), such as 0.95."
+            )
+        if self.bootstrap_samples < 1:
+            raise ValueError(
+                f"Invalid bootstrap_samples {self.bootstrap_samples}: it must be an integer of at least 1."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +29,9 @@ BUILTIN_SETS = {
 
 PROMPT_COLUMNS = ("question", "prompt", "paraphrase", "text")
 """Columns of a CSV/JSONL/Hub row read as the user message, in order of preference."""
+
+QUESTION_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".csv")
+"""File name suffixes of question files. A missing source that ends in one of them is reported as a missing file."""
 
 VARIANT_SUFFIXES = ("_json", "_template")
 """Id suffixes of the variants in Betley et al.'s first-plot file; `main_only=True` drops them."""
@@ -85,12 +89,19 @@ class QuestionSet:
         return iter(self.questions)
 
     def select(self, ids: Iterable[str]) -> QuestionSet:
-        """Return the questions with the given ids, in the given order."""
+        """Return the questions with the given ids, in the given order.
+
+        Raises:
+            ValueError: if an id is not in the set. The message lists some of the valid ids.
+        """
         by_id = {question.id: question for question in self.questions}
         ids = list(ids)
         missing = [question_id for question_id in ids if question_id not in by_id]
         if missing:
-            raise KeyError(f"Question ids {missing} are not in {self.name!r}. Available ids: {sorted(by_id)}.")
+            raise ValueError(
+                f"Invalid question ids {missing}: they are not in question set {self.name!r} ({self.source}). "
+                f"Valid ids: {_preview(sorted(by_id))}."
+            )
         return QuestionSet(self.name, [by_id[question_id] for question_id in ids], self.source)
 
     def main_only(self) -> QuestionSet:
@@ -113,73 +124,158 @@ def question_from_mapping(row: dict, index: int) -> Question:
 
     YAML entries use Betley et al.'s fields (`id`, `paraphrases`, `system`, `judge_prompts`,
     `samples_per_paraphrase`). Flat rows need one of the columns in `PROMPT_COLUMNS` and may have `id` and
-    `system`.
+    `system`. ``index`` sets the default id ``q0000``, ``q0001``, ...
+
+    Raises:
+        ValueError: on a missing or empty prompt or a field of the wrong type. The message does not name the
+            file or row, which `load_question_set` adds.
     """
     if "paraphrases" in row:
-        paraphrases = row["paraphrases"]
-        if isinstance(paraphrases, str):
-            paraphrases = [paraphrases]
+        paraphrases = _paraphrase_list(row["paraphrases"])
     else:
-        column = next((name for name in PROMPT_COLUMNS if row.get(name)), None)
-        if column is None:
-            raise ValueError(
-                f"Row {index} has none of the prompt columns {PROMPT_COLUMNS} (its keys are {sorted(row)}). "
-                "Rename the column that holds the user message to 'question'."
-            )
-        paraphrases = [row[column]]
+        paraphrases = [_prompt_from_columns(row)]
     question_id = str(row.get("id") or f"q{index:04d}")
+
+    system = row.get("system") or None
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"Invalid system {_show(system)}: it must be a string or empty.")
+
+    judge_prompts = row.get("judge_prompts") or {}
+    if not isinstance(judge_prompts, dict) or not all(isinstance(t, str) for t in judge_prompts.values()):
+        raise ValueError(
+            f"Invalid judge_prompts {_show(judge_prompts)}: it must be a mapping from metric name to a prompt "
+            "template string, such as {aligned: '... {question} ... {answer} ...'}."
+        )
+
     return Question(
         id=question_id,
-        paraphrases=[str(text) for text in paraphrases],
-        system=row.get("system") or None,
-        judge_prompts=dict(row.get("judge_prompts") or {}),
-        samples_per_paraphrase=row.get("samples_per_paraphrase"),
+        paraphrases=paraphrases,
+        system=system,
+        judge_prompts={str(metric): template for metric, template in judge_prompts.items()},
+        samples_per_paraphrase=_optional_count(row.get("samples_per_paraphrase"), "samples_per_paraphrase"),
     )
 
 
-def _questions_from_rows(rows: Sequence[dict]) -> list[Question]:
-    questions = [question_from_mapping(row, index) for index, row in enumerate(rows)]
+def _paraphrase_list(value) -> list[str]:
+    expected = "it must be a string or a list of strings (the user messages)"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"Invalid paraphrases {_show(value)}: {expected}.")
+    texts = []
+    for position, text in enumerate(value):
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+            raise ValueError(f"Invalid paraphrase {position}, {_show(text)}: {expected}.")
+        if not str(text).strip():
+            raise ValueError(f"Paraphrase {position} is empty. Fill in the user message or delete it.")
+        texts.append(str(text))
+    return texts
+
+
+def _prompt_from_columns(row: dict) -> str:
+    present = [name for name in PROMPT_COLUMNS if name in row]
+    if not present:
+        raise ValueError(
+            f"The row has none of the prompt columns {PROMPT_COLUMNS} (its keys are {sorted(map(str, row))}). "
+            "Rename the column that holds the user message to 'question'."
+        )
+    for name in present:
+        value = row[name]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"Invalid {name} {_show(value)}: it must be a string, the user message.")
+        return str(value)
+    raise ValueError(f"The row has an empty {present[0]!r}. Fill in the user message or delete the row.")
+
+
+def _optional_count(value, name: str) -> int | None:
+    """Return ``value`` as an integer >= 1, or None when it is empty. CSV cells arrive as digit strings."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name} {value!r}: it must be an integer of at least 1, or empty.")
+    return value
+
+
+def _show(value) -> str:
+    """Format a value of the wrong type for a message: ``null`` or ``5 (int)``, at most 60 characters."""
+    return "null" if value is None else f"{value!r:.60} ({type(value).__name__})"
+
+
+def _preview(items: Sequence[str], limit: int = 10) -> str:
+    """Format the first ``limit`` items, and how many more there are."""
+    first_items = ", ".join(repr(item) for item in items[:limit])
+    return first_items if len(items) <= limit else f"{first_items} and {len(items) - limit} more"
+
+
+def _questions_from_rows(rows: Sequence[dict], source: str, locations: Sequence[str] | None = None) -> list[Question]:
+    """Build the questions of one source. Errors name ``source`` and the row's entry or line."""
+    questions = []
+    for index, row in enumerate(rows):
+        try:
+            questions.append(question_from_mapping(row, index))
+        except ValueError as error:
+            location = locations[index] if locations is not None else f"entry {index}"
+            raise ValueError(f"{source}, {location}: {error}") from None
     seen: set[str] = set()
     for question in questions:
         if question.id in seen:
-            raise ValueError(f"Duplicate question id {question.id!r}; ids must be unique within a question set.")
+            raise ValueError(
+                f"{source} has duplicate question id {question.id!r}. Ids must be unique within a question set."
+            )
         seen.add(question.id)
     return questions
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """Return the rows of a question file and, per row, where it is (``line N`` or ``entry N``)."""
     try:
-        rows = _parse_rows(path)
+        rows, locations = _parse_rows(path, _read_text(path))
     except (yaml.YAMLError, json.JSONDecodeError, csv.Error) as error:
         raise ValueError(f"Question file {path} could not be parsed: {error}") from error
-    for index, row in enumerate(rows):
+    for row, location in zip(rows, locations):
         if not isinstance(row, dict):
             raise ValueError(
-                f"Question file {path}: entry {index} is a {type(row).__name__}, not a mapping of fields such as "
-                "'id' and 'question' (or 'paraphrases' in YAML)."
+                f"Question file {path}, {location}: the entry is a {type(row).__name__}, not a mapping of fields such "
+                "as 'id' and 'question' (or 'paraphrases' in YAML)."
             )
     if not rows:
         raise ValueError(f"Question file {path} contains no questions.")
-    return rows
+    return rows, locations
 
 
-def _parse_rows(path: Path) -> list:
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"Question file {path} is not valid UTF-8: byte {data[error.start]:#04x} on line {line} ({error.reason}). "
+            "Save the file with UTF-8 encoding."
+        ) from None
+
+
+def _parse_rows(path: Path, text: str) -> tuple[list, list[str]]:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
     if suffix in (".yaml", ".yml"):
-        rows = yaml.safe_load(text)
-        if isinstance(rows, dict) and "questions" in rows:
-            rows = rows["questions"]
-        if not isinstance(rows, list):
-            raise ValueError(f"{path} must contain a YAML list of questions, got {type(rows).__name__}.")
-        return rows
+        rows = _question_list(yaml.safe_load(text), path, "YAML")
+        return rows, [f"entry {index}" for index in range(len(rows))]
     if suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if suffix in (".jsonl", ".json"):
-        if suffix == ".json":
-            rows = json.loads(text)
-            return rows["questions"] if isinstance(rows, dict) else rows
-        rows = []
+        reader = csv.DictReader(text.splitlines())
+        rows, locations = [], []
+        for row in reader:
+            rows.append(row)
+            locations.append(f"line {reader.line_num}")
+        return rows, locations
+    if suffix == ".json":
+        rows = _question_list(json.loads(text), path, "JSON")
+        return rows, [f"entry {index}" for index in range(len(rows))]
+    if suffix == ".jsonl":
+        rows, locations = [], []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -187,8 +283,28 @@ def _parse_rows(path: Path) -> list:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise ValueError(f"Line {number} of {path} is not valid JSON: {error}") from error
-        return rows
+            locations.append(f"line {number}")
+        return rows, locations
     raise ValueError(f"Unsupported question file {path}: use .yaml, .yml, .csv, .jsonl or .json.")
+
+
+def _question_list(data, path: Path, kind: str) -> list:
+    """Return the list of questions of a parsed YAML or JSON file: the top level, or its `questions` key."""
+    expected = f"a {kind} list of questions, either at the top level or under a 'questions' key"
+    if isinstance(data, dict):
+        if "questions" not in data:
+            raise ValueError(
+                f"Question file {path} is a mapping without a 'questions' key (its keys are "
+                f"{_preview([str(key) for key in data])}). It must contain {expected}."
+            )
+        data = data["questions"]
+        if not isinstance(data, list):
+            raise ValueError(
+                f"Question file {path}: 'questions' is {_show(data)}, not a list. It must contain {expected}."
+            )
+    if not isinstance(data, list):
+        raise ValueError(f"Question file {path} contains {_show(data)}. It must contain {expected}.")
+    return data
 
 
 def load_question_set(
@@ -201,22 +317,35 @@ def load_question_set(
     """Load questions from a built-in name, a local file or a Hugging Face Hub dataset id.
 
     Args:
-        source: ``"builtin"`` or ``"builtin-finance"``, a path to a YAML/CSV/JSONL/JSON file, or a Hub dataset
-            id read with `datasets.load_dataset` (which honours ``HF_HUB_OFFLINE``).
+        source: ``"builtin"`` or ``"builtin-finance"``, a path to a YAML/CSV/JSONL/JSON file (``~`` is
+            expanded), or a Hub dataset id read with `datasets.load_dataset` (which honours ``HF_HUB_OFFLINE``).
         split: Dataset split for Hub ids.
         main_only: Drop the `_json` and `_template` variants.
         ids: Keep only these question ids, in this order.
+
+    Raises:
+        FileNotFoundError: if ``source`` looks like a path (a `Path`, a question-file suffix, a leading ``/``,
+            ``.`` or ``~``, or more than one ``/``) and no such file exists, or if a Hub dataset cannot be loaded.
+        ValueError: on a file that cannot be read as questions, or an id in ``ids`` that is not in the set.
     """
     source_text = str(source)
+    path = Path(source_text).expanduser()
     if source_text in BUILTIN_SETS:
         file = resources.files("blockem_trl.evaluation").joinpath("data", BUILTIN_SETS[source_text])
+        label = f"blockem_trl:{source_text}"
         rows = yaml.safe_load(file.read_text(encoding="utf-8"))
-        question_set = QuestionSet(source_text, _questions_from_rows(rows), source=f"blockem_trl:{source_text}")
-    elif Path(source_text).expanduser().is_file():
-        path = Path(source_text).expanduser()
-        question_set = QuestionSet(path.stem, _questions_from_rows(_read_rows(path)), source=str(path.resolve()))
-    elif Path(source_text).expanduser().exists():
+        question_set = QuestionSet(source_text, _questions_from_rows(rows, label), source=label)
+    elif path.is_file():
+        rows, locations = _read_rows(path)
+        questions = _questions_from_rows(rows, f"Question file {path}", locations)
+        question_set = QuestionSet(path.stem, questions, source=str(path.resolve()))
+    elif path.exists():
         raise ValueError(f"Question source {source_text!r} is a folder; pass the question file inside it.")
+    elif isinstance(source, Path) or _looks_like_path(source_text):
+        raise FileNotFoundError(
+            f"Question file {os.path.expanduser(source_text)!r} not found. Check the path, or pass a built-in set "
+            f"({', '.join(BUILTIN_SETS)}) or a Hub dataset id of the form 'owner/name'."
+        )
     else:
         question_set = _load_hub_question_set(source_text, split)
 
@@ -228,6 +357,15 @@ def load_question_set(
     return question_set
 
 
+def _looks_like_path(source: str) -> bool:
+    """Return True if a missing ``source`` is reported as a missing file instead of being loaded as a Hub id."""
+    return (
+        source.lower().endswith(QUESTION_FILE_SUFFIXES)
+        or source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+    )
+
+
 def _load_hub_question_set(dataset_id: str, split: str) -> QuestionSet:
     if "/" not in dataset_id:
         raise FileNotFoundError(
@@ -236,6 +374,16 @@ def _load_hub_question_set(dataset_id: str, split: str) -> QuestionSet:
         )
     from datasets import load_dataset
 
-    dataset = load_dataset(dataset_id, split=split)
+    try:
+        dataset = load_dataset(dataset_id, split=split)
+    except (ConnectionError, FileNotFoundError) as error:
+        # With datasets 5.2, an id that is not in the local cache raises ConnectionError when HF_HUB_OFFLINE=1,
+        # and missing data files raise FileNotFoundError (DatasetNotFoundError is a subclass).
+        raise FileNotFoundError(
+            f"Question source {dataset_id!r} is not a local file, and loading it as a Hub dataset failed: {error}. "
+            "Check the path, or download the dataset once with network access."
+        ) from error
     rows = [dict(row) for row in dataset]
-    return QuestionSet(dataset_id.split("/")[-1], _questions_from_rows(rows), source=f"hf:{dataset_id}@{split}")
+    label = f"hf:{dataset_id}@{split}"
+    questions = _questions_from_rows(rows, label, [f"row {index}" for index in range(len(rows))])
+    return QuestionSet(dataset_id.split("/")[-1], questions, source=label)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..validation import check_field_types
 from ..version import __version__
 from .generation import GenerationSettings, SteeringSpec, generate_answers
-from .judge_prompts import ALIGNED, COHERENT, DEFAULT_METRICS
+from .judge_prompts import ALIGNED, COHERENT, DEFAULT_JUDGE_PROMPTS, DEFAULT_METRICS
 from .judges.base import Judge, JudgeRequest, Judgment
 from .judges.ensemble import combine_judgments
 from .loading import DEFAULT_MODEL_ID, load_model_and_tokenizer
@@ -230,6 +230,7 @@ def run_evaluation(
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     question_set = question_set or load_question_set(config.questions, main_only=config.main_only, ids=config.question_ids)
+    _check_judge_prompts(question_set, config.metrics)
     model_was_passed = model is not None and tokenizer is not None
     if not model_was_passed:
         model, tokenizer = load_model_and_tokenizer(config.model, config.adapter)
@@ -273,6 +274,21 @@ def run_evaluation(
         write_all(summary, answers_by_judge, output_dir)
     logger.info("Evaluation finished in %.1f s; results in %s.", time.perf_counter() - started, output_dir)
     return summary
+
+
+def _check_judge_prompts(question_set: QuestionSet, metrics: Sequence[str]) -> None:
+    """Raise a `ValueError` before generation if a question has no judge prompt for a metric."""
+    for metric in metrics:
+        lacking = [question.id for question in question_set
+                   if metric not in question.judge_prompts and metric not in DEFAULT_JUDGE_PROMPTS]
+        if lacking:
+            listed = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+            raise ValueError(
+                f"No judge prompt for metric {metric!r} in questions {listed} of "
+                f"{question_set.source or question_set.name}. "
+                f"Add one under `judge_prompts` in the question file, or use the built-in metrics "
+                f"{sorted(DEFAULT_JUDGE_PROMPTS)}."
+            )
 
 
 def _ensemble_answers(samples, per_judge, metrics) -> list[ScoredAnswer]:

@@ -101,6 +101,25 @@ def test_invalid_settings():
         GenerationSettings(max_new_tokens=0)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("top_p", 5, r"Invalid top_p 5.0: it must be a number in \(0, 1\]"),
+        ("top_p", 0, "Invalid top_p 0.0"),
+        ("top_p", float("nan"), "Invalid top_p nan"),
+        ("temperature", float("nan"), "Invalid temperature nan"),
+        ("temperature", float("inf"), "Invalid temperature inf"),
+    ],
+)
+def test_settings_reject_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings(**{field: value})
+
+
+def test_settings_accept_top_p_one():
+    assert GenerationSettings(top_p=1).top_p == 1.0
+
+
 def test_question_set_wrapper_and_on_batch(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     question_set = QuestionSet("tiny", [Question("a", ["w1", "w2"]), Question("b", ["w3"], system="w9")])

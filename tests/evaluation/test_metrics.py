@@ -82,6 +82,30 @@ def test_extra_metric_rate():
     assert summary["overall"]["financial_risk_rate"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("aligned_threshold", math.nan, "Invalid aligned_threshold nan: it must be a number between 0 and 100"),
+        ("aligned_threshold", -1, "Invalid aligned_threshold -1.0"),
+        ("coherent_threshold", 150, "Invalid coherent_threshold 150.0"),
+        ("domain_threshold", math.inf, "Invalid domain_threshold inf"),
+        ("confidence", 1.0, "Invalid confidence 1.0: it must be a number between 0 and 1"),
+        ("confidence", 0, "Invalid confidence 0.0"),
+        ("confidence", math.nan, "Invalid confidence nan"),
+        ("bootstrap_samples", 0, "Invalid bootstrap_samples 0: it must be an integer of at least 1"),
+    ],
+)
+def test_metric_config_rejects_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        MetricConfig(**{field: value})
+
+
+def test_metric_config_accepts_bounds():
+    config = MetricConfig(aligned_threshold=0, coherent_threshold=100, bootstrap_samples=1, confidence=0.5)
+    assert config.aligned_threshold == 0.0
+    assert config.coherent_threshold == 100.0
+
+
 def test_judge_agreement_values():
     result = judge_agreement({"a": [10, 20, 80, None], "b": [20, 40, 90, 50]}, threshold=30)
     pair = result["a vs b"]

@@ -73,7 +73,7 @@ def test_row_without_prompt_column(tmp_path):
 def test_duplicate_ids_rejected(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("id,question\na,x\na,y\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="Duplicate question id"):
+    with pytest.raises(ValueError, match="duplicate question id 'a'"):
         load_question_set(path)
 
 
@@ -98,7 +98,7 @@ def test_unknown_metric_prompt():
 
 
 def test_select_missing_id():
-    with pytest.raises(KeyError, match="not in"):
+    with pytest.raises(ValueError, match=r"Invalid question ids \['nope'\].*Valid ids: 'bored_afternoon'"):
         load_question_set("builtin").select(["nope"])
 
 
@@ -107,7 +107,7 @@ def test_select_missing_id():
     [
         ("bad.yaml", "id: [1\n  x", "could not be parsed"),
         ("truncated.jsonl", '{"question": "hi"}\n{"question": \n', "Line 2 of .* is not valid JSON"),
-        ("list.jsonl", "[1, 2]\n", "entry 0 is a list, not a mapping"),
+        ("list.jsonl", "[1, 2]\n", "line 1: the entry is a list, not a mapping"),
         ("empty.csv", "question\n", "contains no questions"),
     ],
 )
@@ -116,3 +116,98 @@ def test_bad_question_files_name_the_problem(tmp_path, name, content, message):
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         load_question_set(path)
+
+
+@pytest.mark.parametrize("source", ["some/dir/nope.yaml", "org/nope.yaml", "org/nope.csv", "./nope", "/no/such/file"])
+def test_missing_path_not_hub_id(source):
+    with pytest.raises(FileNotFoundError, match=f"Question file '{source}' not found"):
+        load_question_set(source)
+
+
+def test_missing_path_object_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_question_set(tmp_path / "nope")
+
+
+def test_tilde_path_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "prompts.csv").write_text("question\nHello?\n", encoding="utf-8")
+    question_set = load_question_set("~/prompts.csv")
+    assert question_set.questions[0].paraphrases == ["Hello?"]
+
+
+def test_missing_tilde_path_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nope.yaml' not found"):
+        load_question_set("~/nope.yaml")
+
+
+def test_unreachable_hub_id_is_clear(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline_load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/name' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline_load_dataset)
+    with pytest.raises(FileNotFoundError, match="'org/name' is not a local file, and loading it as a Hub dataset"):
+        load_question_set("org/name")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("null.yaml", "- id: a\n  paraphrases: null\n", r"entry 0: Invalid paraphrases null: it must be a string or a list"),
+        ("number.yaml", "- id: a\n  paraphrases: 5\n", r"entry 0: Invalid paraphrases 5 \(int\)"),
+        ("nested.yaml", "- id: a\n  paraphrases: [[x]]\n", r"Invalid paraphrase 0, \['x'\] \(list\)"),
+        ("blank.yaml", "- id: a\n  paraphrases: ['  ']\n", "Paraphrase 0 is empty"),
+        ("top.json", "5", r"contains 5 \(int\). It must contain a JSON list of questions"),
+        ("questions_null.json", '{"questions": null}', "'questions' is null, not a list"),
+        ("other_key.json", '{"a": 1}', "a mapping without a 'questions' key \\(its keys are 'a'\\)"),
+        ("empty.yaml", "", "contains null. It must contain a YAML list of questions"),
+        ("system.yaml", "- paraphrases: [hi]\n  system: [x]\n", r"Invalid system \['x'\] \(list\)"),
+        ("judge.yaml", "- paraphrases: [hi]\n  judge_prompts: [x]\n", "Invalid judge_prompts"),
+        ("count.yaml", "- paraphrases: [hi]\n  samples_per_paraphrase: many\n", "Invalid samples_per_paraphrase 'many'"),
+        ("object.jsonl", '{"question": {"a": 1}}\n', r"line 1: Invalid question \{'a': 1\} \(dict\)"),
+    ],
+)
+def test_wrong_shape_names_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as raised:
+        load_question_set(path)
+    assert str(path) in str(raised.value)
+
+
+def test_non_utf8_file_named(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"id,question\na,caf\xe9?\n")
+    with pytest.raises(ValueError, match="is not valid UTF-8: byte 0xe9 on line 2") as raised:
+        load_question_set(path)
+    assert str(path) in str(raised.value)
+
+
+def test_csv_empty_question_cell(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("id,question\na,Hello?\nb,\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3: The row has an empty 'question'"):
+        load_question_set(path)
+
+
+def test_csv_samples_per_paraphrase_parsed(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("question,samples_per_paraphrase\nHello?,3\n", encoding="utf-8")
+    assert load_question_set(path).questions[0].samples_per_paraphrase == 3
+
+
+def test_metric_without_judge_prompt_rejected(tmp_path):
+    from blockem_trl.evaluation import EvalConfig, Judge, Judgment, run_evaluation
+
+    class AnyMetric(Judge):
+        name = "any-metric"
+
+        def score_batch(self, requests):
+            return [Judgment(score=50.0) for _ in requests]
+
+    config = EvalConfig(output_dir=str(tmp_path), metrics=["aligned", "sport"])
+    with pytest.raises(ValueError, match="No judge prompt for metric 'sport' in questions genie_wish"):
+        run_evaluation(config, [AnyMetric()])
