@@ -171,6 +171,9 @@ class DemoPipeline:
         settings = {"plain": plain.hash, "builder": builder_config.to_dict(), "sae": config.sae, "sae_id": config.sae_id,
                     "sae_hash": sae_content_hash(self.sae), "judge": [j.name for j in self.judges]}
         settings["builder"].pop("progress")
+        if settings["builder"].get("min_effect") is None:
+            # Left out while unset, so runs made before the option existed keep their stage hash.
+            settings["builder"].pop("min_effect")
         stage = Stage("latents", self.output_dir / "latents", settings, outputs=("latent_set.json",))
         if stage.load() is None:
             model, tokenizer = self.load_model()

@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-BASELINE_STYLES = {"base": ("black", ":"), "kl": ("tab:orange", "--"), "random_k": ("tab:gray", "-."),
-                   "top_delta": ("tab:purple", "--")}
+# Line style and colours per baseline kind; several arms of one kind (e.g. two KL weights) take the colours in turn.
+BASELINE_STYLES = {"base": (":", ("black",)), "kl": ("--", ("tab:orange", "tab:red", "tab:brown")),
+                   "random_k": ("-.", ("tab:gray", "tab:olive", "tab:cyan")), "top_delta": ("--", ("tab:purple",))}
 PANELS = (("misalignment_rate", "misalignment_ci", "misaligned answers (%)", 100.0),
           ("incoherence_rate", "incoherence_ci", "incoherent answers (%)", 100.0),
           ("heldout_loss", "heldout_loss_ci", "held-out in-domain loss (NLL/token)", 1.0))
@@ -41,14 +42,25 @@ def plot_safety_vs_quality(report: dict[str, Any], path: str | Path) -> None:
             errors = [_error_bars(row[key], row.get(ci_key), scale) for _, row in points]
             axis.errorbar(xs, ys, yerr=list(zip(*errors)), marker="o", color="tab:blue", capsize=3,
                           label="BLOCK-EM (lambda = 0: plain SFT)")
+        seen: dict[str, int] = {}
         for row in rows:
             if row["kind"] not in BASELINE_STYLES or row["domain"] != domain or not _finite(row[key]):
                 continue
-            color, style = BASELINE_STYLES[row["kind"]]
+            style, colors = BASELINE_STYLES[row["kind"]]
+            color = colors[seen.get(row["kind"], 0) % len(colors)]
+            seen[row["kind"]] = seen.get(row["kind"], 0) + 1
             axis.axhline(scale * row[key], color=color, linestyle=style, linewidth=1.2, label=row["arm"])
         if positive:
+            # Symlog keeps lambda = 0 (plain SFT) on the axis; ticks sit at the swept values only.
             axis.set_xscale("symlog", linthresh=min(positive))
+            axis.set_xlim(-0.3 * min(positive), 1.5 * max(positive))
+            ticks = sorted(set(x_values))
+            axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+            axis.minorticks_off()
         axis.set_xlabel("lambda_rel (lambda / (L_SFT_plain / P_plain))" if relative else "lambda")
+        if scale == 100.0:  # a rate panel: keep at least 0-5% in view, so all-zero rates do not read as noise
+            bottom, top = axis.get_ylim()
+            axis.set_ylim(max(bottom, -1.0), max(top, 5.0))
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
