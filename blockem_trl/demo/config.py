@@ -7,6 +7,7 @@ Layer convention: ``hook_point`` is the module path of the decoder block whose o
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -319,7 +320,10 @@ class DemoConfig:
         size = data.pop("size", None)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source} has unknown keys {unknown}. Valid keys: {sorted(known)} and 'size'.")
+            guesses = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+            hints = "; ".join(f"did you mean {guess[0]!r} for {key!r}?" for key, guess in guesses.items() if guess)
+            raise ValueError(f"{source} has unknown keys {unknown}{' (' + hints + ')' if hints else ''}. "
+                             f"Valid keys: {sorted(known)} and 'size'.")
         return cls.for_size(size, **data) if size is not None else cls(**data)
 
     @classmethod

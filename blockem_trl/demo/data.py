@@ -57,6 +57,10 @@ def data_cache_dir(config: DemoConfig) -> Path:
 def extract_archive(archive: str | Path, destination: Path) -> Path:
     """Decrypt and unzip the authors' `training_datasets.zip.enc` into ``destination`` (once) and return it."""
     destination = Path(destination)
+    archive = Path(archive).expanduser()
+    if not archive.is_file():
+        raise FileNotFoundError(f"Encrypted data archive {archive} not found. Pass --data-archive PATH or set "
+                                f"${ARCHIVE_ENV_VAR} to the training_datasets.zip.enc file.")
     if (destination / DONE_MARKER).is_file():
         return destination
     try:
@@ -66,10 +70,6 @@ def extract_archive(archive: str | Path, destination: Path) -> Path:
             "Decrypting the training data needs the `easy-dataset-share` package (the tool its authors used). "
             "Install it with `pip install easy-dataset-share`."
         ) from error
-    archive = Path(archive)
-    if not archive.is_file():
-        raise FileNotFoundError(f"Encrypted data archive {archive} not found. Pass --data-archive PATH or set "
-                                f"${ARCHIVE_ENV_VAR} to the training_datasets.zip.enc file.")
     logger.info("Decrypting %s into %s.", archive, destination)
     destination.mkdir(parents=True, exist_ok=True)
     zipping.unzip_and_decrypt(str(archive), ARCHIVE_PASSWORD, str(destination))

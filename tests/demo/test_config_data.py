@@ -62,7 +62,7 @@ def test_invalid_settings_raise(field, value, message):
 def test_recipe_rejects_unknown_key(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("size: quick\nlambda: [1, 2]\n")
-    with pytest.raises(ValueError, match="unknown keys \\['lambda'\\]"):
+    with pytest.raises(ValueError, match="unknown keys \\['lambda'\\] \\(did you mean 'lambdas' for 'lambda'\\?\\)"):
         DemoConfig.from_yaml(path)
 
 
@@ -140,6 +140,9 @@ def test_domain_reads_archive(tmp_path):
     assert len(data.heldout) == 5
     assert (tmp_path / "cache" / "model_organisms_em").is_dir()
     assert len(data.heldout_questions(3)) == 3
+    config.data_archive = str(tmp_path / "typo.zip.enc")
+    with pytest.raises(FileNotFoundError, match="typo.zip.enc not found"):
+        load_domain(config.domains[0], config)  # a wrong path fails even with the data already decrypted
 
 
 def test_missing_archive_names_fix(tmp_path, monkeypatch):
