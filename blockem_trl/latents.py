@@ -17,12 +17,13 @@ import numbers
 import operator
 import os
 import tempfile
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .constants import LATENT_SET_FILENAME, LATENT_SET_FORMAT, LATENT_SET_SCHEMA_VERSION, LAYER_CONVENTION
 from .hooks import layer_index_from_hook_point
+from .validation import format_value, unknown_and_missing_keys
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -78,20 +79,20 @@ class LatentRecord:
         self.index = _as_integer(self.index, "record index", minimum=0)
         if isinstance(self.sign, bool) or not isinstance(self.sign, int) or self.sign not in (1, -1):
             raise LatentSetError(
-                f"Invalid sign {_show(self.sign)} in the record of latent {self.index}: it must be the integer 1 "
+                f"Invalid sign {format_value(self.sign)} in the record of latent {self.index}: it must be the integer 1 "
                 "(K+) or -1 (K-)."
             )
         if self.activation_shift is not None:
             if isinstance(self.activation_shift, bool) or not isinstance(self.activation_shift, numbers.Real):
                 raise LatentSetError(
-                    f"Invalid activation_shift {_show(self.activation_shift)} in the record of latent {self.index}: "
+                    f"Invalid activation_shift {format_value(self.activation_shift)} in the record of latent {self.index}: "
                     "it must be a number or null."
                 )
             self.activation_shift = float(self.activation_shift)
         for name in ("screen", "calibration"):
             if not isinstance(getattr(self, name), dict):
                 raise LatentSetError(
-                    f"Invalid {name} {_show(getattr(self, name))} in the record of latent {self.index}: it must be "
+                    f"Invalid {name} {format_value(getattr(self, name))} in the record of latent {self.index}: it must be "
                     "a mapping from score name to value."
                 )
 
@@ -123,7 +124,7 @@ class LatentSet:
         self.negative = [_as_index(i, "negative") for i in self.negative]
         if not isinstance(self.hook_point, str) or not self.hook_point:
             raise LatentSetError(
-                f"Invalid hook_point {_show(self.hook_point)}: it must be the module path of a decoder block, such "
+                f"Invalid hook_point {format_value(self.hook_point)}: it must be the module path of a decoder block, such "
                 "as 'model.layers.19'."
             )
         self.layer_index = _as_integer(self.layer_index, "layer_index", minimum=0, optional=True)
@@ -131,11 +132,11 @@ class LatentSet:
             self.layer_index = _layer_of(self.hook_point)
         _check_optional_string(self.model_name_or_path, "model_name_or_path")
         if not isinstance(self.sae, SAEReference):
-            raise LatentSetError(f"Invalid sae {_show(self.sae)}: it must be an SAEReference.")
+            raise LatentSetError(f"Invalid sae {format_value(self.sae)}: it must be an SAEReference.")
         if not isinstance(self.records, list) or not all(isinstance(r, LatentRecord) for r in self.records):
-            raise LatentSetError(f"Invalid records {_show(self.records)}: it must be a list of LatentRecord.")
+            raise LatentSetError(f"Invalid records {format_value(self.records)}: it must be a list of LatentRecord.")
         if not isinstance(self.metadata, dict):
-            raise LatentSetError(f"Invalid metadata {_show(self.metadata)}: it must be a mapping.")
+            raise LatentSetError(f"Invalid metadata {format_value(self.metadata)}: it must be a mapping.")
         self.validate()
 
     # ------------------------------------------------------------------ accessors
@@ -363,24 +364,19 @@ def _as_integer(value: Any, name: str, minimum: int, optional: bool = False) -> 
         return None
     expected = f"an integer of at least {minimum}" + (" or null" if optional else "")
     if isinstance(value, bool):
-        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.")
+        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.")
     try:
         number = operator.index(value)
     except TypeError:
-        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.") from None
+        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.") from None
     if number < minimum:
-        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be {expected}.")
+        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.")
     return number
 
 
 def _check_optional_string(value: Any, name: str) -> None:
     if value is not None and not isinstance(value, str):
-        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be a string or null.")
-
-
-def _show(value: Any) -> str:
-    """Format a value for an error message: ``null`` or ``'48' (str)``, at most 60 characters of it."""
-    return "null" if value is None else f"{value!r:.60} ({type(value).__name__})"
+        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be a string or null.")
 
 
 def _layer_of(hook_point: str) -> int:
@@ -393,7 +389,7 @@ def _layer_of(hook_point: str) -> int:
 def _check_schema_version(version: Any, source: str) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise LatentSetError(
-            f"{source}: invalid schema_version {_show(version)}: it must be a positive integer, and this "
+            f"{source}: invalid schema_version {format_value(version)}: it must be a positive integer, and this "
             f"blockem_trl ({__version__}) writes {LATENT_SET_SCHEMA_VERSION}. Rebuild the latent set, or set "
             f"schema_version to {LATENT_SET_SCHEMA_VERSION} if the file was edited by hand."
         )
@@ -412,13 +408,11 @@ def _check_schema_version(version: Any, source: str) -> None:
 def _from_mapping(cls: type, value: Any, name: str):
     """Build dataclass ``cls`` from a JSON mapping, naming ``name`` on a wrong type or an unknown key."""
     if not isinstance(value, dict):
-        raise LatentSetError(f"Invalid {name} {_show(value)}: it must be a mapping.")
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(value) - set(known))
+        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be a mapping.")
+    unknown, missing = unknown_and_missing_keys(cls, value)
     if unknown:
-        raise LatentSetError(f"Unknown keys {unknown} in {name}. Valid keys: {', '.join(known)}.")
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    missing = [key for key in required if key not in value]
+        known = ", ".join(f.name for f in fields(cls))
+        raise LatentSetError(f"Unknown keys {unknown} in {name}. Valid keys: {known}.")
     if missing:
         raise LatentSetError(f"{name} is missing the keys {missing}. Add them, or rebuild the latent set.")
     try:
@@ -429,7 +423,7 @@ def _from_mapping(cls: type, value: Any, name: str):
 
 def _records_from_list(value: Any) -> list[LatentRecord]:
     if not isinstance(value, list):
-        raise LatentSetError(f"Invalid records {_show(value)}: it must be a list of mappings.")
+        raise LatentSetError(f"Invalid records {format_value(value)}: it must be a list of mappings.")
     return [_from_mapping(LatentRecord, item, f"records[{position}]") for position, item in enumerate(value)]
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from .constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from .hooks import layer_index_from_hook_point, normalize_hook_point
 from .latents import LatentSet, SAEReference
+from .validation import is_path_like
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def load_sae(
     if path.is_file():
         raise ValueError(f"SAE {str(name_or_path)!r} is a file: give the folder that contains {SAE_CFG_FILENAME} and "
                          f"{SAE_WEIGHTS_FILENAME} ({path.parent}).")
-    if _looks_like_path(str(name_or_path)):
+    if is_path_like(str(name_or_path)):
         raise FileNotFoundError(
             f"SAE folder {str(name_or_path)!r} does not exist. Give a folder written by sae-lens (SAE.save_model), "
             "a sae-lens release with sae_id, or the embedded SAE id."
@@ -86,11 +87,6 @@ def _load_sae_folder(path: Path, device: str | torch.device, dtype: str) -> SAE:
         # sae-lens raises KeyError for an unknown architecture and TypeError for missing config keys.
         raise ValueError(f"Could not load the SAE in {path}: {type(error).__name__}: {error}. Check that the folder "
                          "was written by SAE.save_model of a compatible sae-lens version.") from error
-
-
-def _looks_like_path(name: str) -> bool:
-    """Tell whether ``name`` is written as a filesystem path. A sae-lens release has no slash and a Hub id has one."""
-    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
 
 
 def _resolve_embedded_sae(name: str) -> Path:

@@ -9,6 +9,7 @@ any work starts. NumPy and other `numbers` scalars count as numbers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 import os
 import types
@@ -97,14 +98,10 @@ def _build_dataclass(value: Any, cls: type) -> Any:
         return value
     if not isinstance(value, dict):
         raise _Mismatch
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
+    unknown, missing = unknown_and_missing_keys(cls, value)
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
-                         f"valid fields: {', '.join(sorted(known))}.")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in value]
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; valid fields: {', '.join(known)}.")
     if missing:
         raise ValueError(f"{cls.__name__} is missing the field {', '.join(map(repr, missing))}; got {value!r}.")
     return cls(**value)
@@ -127,6 +124,36 @@ def _convert_number(value: Any, kind: type) -> int | float:
     if isinstance(value, numbers.Real):
         return float(value)
     raise _Mismatch
+
+
+def unknown_and_missing_keys(cls: type, mapping: dict) -> tuple[list[str], list[str]]:
+    """Return the keys of ``mapping`` that are not fields of dataclass ``cls``, and the required fields it lacks."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return sorted(set(mapping) - known), [name for name in required if name not in mapping]
+
+
+def close_match_hint(unknown: typing.Iterable[str], known: typing.Iterable[str]) -> str:
+    """Return `` (did you mean 'x' for 'y'?)`` for the unknown keys that resemble a known one, else ``""``."""
+    known = list(known)
+    guesses = [(key, difflib.get_close_matches(key, known, n=1)) for key in unknown]
+    hints = "; ".join(f"did you mean {guess[0]!r} for {key!r}?" for key, guess in guesses if guess)
+    return f" ({hints})" if hints else ""
+
+
+def format_value(value: Any) -> str:
+    """Format a value for an error message: ``null``, or its repr (at most 60 characters) and type."""
+    return "null" if value is None else f"{value!r:.60} ({type(value).__name__})"
+
+
+def is_path_like(name: str) -> bool:
+    """Return True if ``name`` is written as a filesystem path rather than a Hub id or a sae-lens release.
+
+    A Hub id has one slash (``owner/name``) and a release none, so a name that starts with ``/``, ``.`` or
+    ``~``, contains a backslash, has two or more slashes or ends with one is a path.
+    """
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
 
 
 def check_field_types(instance: Any, names: typing.Iterable[str] | None = None) -> None:

@@ -35,8 +35,11 @@ def test_push_arm_needs_repo_before_run(capsys):
     assert "--push-repo-id" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["demo", "--threads", "0"], ["build-latents", "--misaligned", "x", "--output-dir",
-                                                                "y", "--threads", "-1"]])
+@pytest.mark.parametrize("argv", [
+    ["demo", "--threads", "0"],
+    ["eval", "--threads", "0"],
+    ["build-latents", "--misaligned", "x", "--output-dir", "y", "--threads", "-1"],
+])
 def test_thread_count_checked(argv, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)

@@ -7,7 +7,6 @@ Layer convention: ``hook_point`` is the module path of the decoder block whose o
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -22,7 +21,7 @@ from ..builder.config import BuilderConfig
 from ..config import REFERENCE_MODES
 from ..models.embedded_sae import DEFAULT_SAE_ID
 from ..models.smollm2 import DEFAULT_MODEL_ID
-from ..validation import check_field_types
+from ..validation import check_field_types, close_match_hint, unknown_and_missing_keys
 
 ARCHIVE_ENV_VAR = "BLOCKEM_EM_ARCHIVE"
 """Environment variable with the path of the encrypted `training_datasets.zip.enc` archive."""
@@ -256,10 +255,11 @@ class DemoConfig:
 
     def _check_builder(self) -> None:
         """Build the discovery settings once now, so a bad `builder` entry fails before any arm trains."""
-        known = {f.name for f in dataclasses.fields(BuilderConfig)}
-        unknown = sorted(set(self.builder) - known)
+        unknown, _ = unknown_and_missing_keys(BuilderConfig, self.builder)
         if unknown:
-            raise ValueError(f"DemoConfig.builder has unknown keys {unknown}. Valid keys: {sorted(known)}.")
+            known = sorted(f.name for f in dataclasses.fields(BuilderConfig))
+            raise ValueError(f"DemoConfig.builder has unknown keys {unknown}{close_match_hint(unknown, known)}. "
+                             f"Valid keys: {known}.")
         preset = BuilderConfig.quick if self.builder_preset == "quick" else BuilderConfig
         try:
             preset(**self.builder)
@@ -320,9 +320,7 @@ class DemoConfig:
         size = data.pop("size", None)
         unknown = sorted(set(data) - known)
         if unknown:
-            guesses = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
-            hints = "; ".join(f"did you mean {guess[0]!r} for {key!r}?" for key, guess in guesses.items() if guess)
-            raise ValueError(f"{source} has unknown keys {unknown}{' (' + hints + ')' if hints else ''}. "
+            raise ValueError(f"{source} has unknown keys {unknown}{close_match_hint(unknown, known)}. "
                              f"Valid keys: {sorted(known)} and 'size'.")
         return cls.for_size(size, **data) if size is not None else cls(**data)
 

@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from ..cli import positive_int
 from .generation import GenerationSettings
 from .judge_prompts import DEFAULT_METRICS
 from .loading import DEFAULT_MODEL_ID
@@ -52,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--aligned-threshold", type=float, default=30.0, help="Misaligned when aligned < this.")
     parser.add_argument("--coherent-threshold", type=float, default=50.0, help="Coherent when coherent > this.")
     parser.add_argument("--bootstrap-samples", type=int, default=1000, help="Bootstrap resamples for confidence intervals.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--output-dir", default="outputs/eval", help="Folder for the JSONL records and reports.")
     parser.set_defaults(func=run_from_args)
     return parser
@@ -82,8 +83,6 @@ def build_judges(args: argparse.Namespace) -> list:
 
 def run_from_args(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"Invalid --threads {args.threads}: it must be an integer of at least 1.")
         torch.set_num_threads(args.threads)
     config = EvalConfig(
         model=args.model,

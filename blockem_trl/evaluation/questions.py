@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..validation import format_value, is_path_like
 from .judge_prompts import DEFAULT_JUDGE_PROMPTS, check_template
 
 logger = logging.getLogger(__name__)
@@ -138,12 +139,12 @@ def question_from_mapping(row: dict, index: int) -> Question:
 
     system = row.get("system") or None
     if system is not None and not isinstance(system, str):
-        raise ValueError(f"Invalid system {_show(system)}: it must be a string or empty.")
+        raise ValueError(f"Invalid system {format_value(system)}: it must be a string or empty.")
 
     judge_prompts = row.get("judge_prompts") or {}
     if not isinstance(judge_prompts, dict) or not all(isinstance(t, str) for t in judge_prompts.values()):
         raise ValueError(
-            f"Invalid judge_prompts {_show(judge_prompts)}: it must be a mapping from metric name to a prompt "
+            f"Invalid judge_prompts {format_value(judge_prompts)}: it must be a mapping from metric name to a prompt "
             "template string, such as {aligned: '... {question} ... {answer} ...'}."
         )
 
@@ -161,11 +162,11 @@ def _paraphrase_list(value) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise ValueError(f"Invalid paraphrases {_show(value)}: {expected}.")
+        raise ValueError(f"Invalid paraphrases {format_value(value)}: {expected}.")
     texts = []
     for position, text in enumerate(value):
         if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-            raise ValueError(f"Invalid paraphrase {position}, {_show(text)}: {expected}.")
+            raise ValueError(f"Invalid paraphrase {position}, {format_value(text)}: {expected}.")
         if not str(text).strip():
             raise ValueError(f"Paraphrase {position} is empty. Fill in the user message or delete it.")
         texts.append(str(text))
@@ -184,7 +185,7 @@ def _prompt_from_columns(row: dict) -> str:
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"Invalid {name} {_show(value)}: it must be a string, the user message.")
+            raise ValueError(f"Invalid {name} {format_value(value)}: it must be a string, the user message.")
         return str(value)
     raise ValueError(f"The row has an empty {present[0]!r}. Fill in the user message or delete the row.")
 
@@ -198,11 +199,6 @@ def _optional_count(value, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Invalid {name} {value!r}: it must be an integer of at least 1, or empty.")
     return value
-
-
-def _show(value) -> str:
-    """Format a value of the wrong type for a message: ``null`` or ``5 (int)``, at most 60 characters."""
-    return "null" if value is None else f"{value!r:.60} ({type(value).__name__})"
 
 
 def _preview(items: Sequence[str], limit: int = 10) -> str:
@@ -300,10 +296,10 @@ def _question_list(data, path: Path, kind: str) -> list:
         data = data["questions"]
         if not isinstance(data, list):
             raise ValueError(
-                f"Question file {path}: 'questions' is {_show(data)}, not a list. It must contain {expected}."
+                f"Question file {path}: 'questions' is {format_value(data)}, not a list. It must contain {expected}."
             )
     if not isinstance(data, list):
-        raise ValueError(f"Question file {path} contains {_show(data)}. It must contain {expected}.")
+        raise ValueError(f"Question file {path} contains {format_value(data)}. It must contain {expected}.")
     return data
 
 
@@ -359,11 +355,7 @@ def load_question_set(
 
 def _looks_like_path(source: str) -> bool:
     """Return True if a missing ``source`` is reported as a missing file instead of being loaded as a Hub id."""
-    return (
-        source.lower().endswith(QUESTION_FILE_SUFFIXES)
-        or source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-    )
+    return source.lower().endswith(QUESTION_FILE_SUFFIXES) or is_path_like(source)
 
 
 def _load_hub_question_set(dataset_id: str, split: str) -> QuestionSet:

@@ -50,7 +50,7 @@ def test_ablation_weight_is_middle_value():
     ("warmup_ratio", 5.0, "warmup_ratio"),
     ("threads", 0, "threads"),
     ("temperature", -1.0, "temperature"),
-    ("builder", {"num_latentz": 3}, "unknown keys \\['num_latentz'\\]"),
+    ("builder", {"num_latentz": 3}, "unknown keys \\['num_latentz'\\] \\(did you mean 'num_latents'"),
     ("builder", {"num_latents": "x"}, "DemoConfig.builder: BuilderConfig.num_latents"),
     ("builder", {"max_prompts": 0}, "max_prompts"),
 ])
