@@ -362,14 +362,12 @@ def _as_integer(value: Any, name: str, minimum: int, optional: bool = False) -> 
     """Return ``value`` as an int, rejecting booleans, floats (even 1.0) and numeric strings."""
     if value is None and optional:
         return None
-    expected = f"an integer of at least {minimum}" + (" or null" if optional else "")
-    if isinstance(value, bool):
-        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.")
     try:
-        number = operator.index(value)
+        number = None if isinstance(value, bool) else operator.index(value)
     except TypeError:
-        raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.") from None
-    if number < minimum:
+        number = None
+    if number is None or number < minimum:
+        expected = f"an integer of at least {minimum}" + (" or null" if optional else "")
         raise LatentSetError(f"Invalid {name} {format_value(value)}: it must be {expected}.")
     return number
 

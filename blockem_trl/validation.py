@@ -101,7 +101,8 @@ def _build_dataclass(value: Any, cls: type) -> Any:
     unknown, missing = unknown_and_missing_keys(cls, value)
     if unknown:
         known = sorted(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; valid fields: {', '.join(known)}.")
+        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                         f"valid fields: {', '.join(known)}.")
     if missing:
         raise ValueError(f"{cls.__name__} is missing the field {', '.join(map(repr, missing))}; got {value!r}.")
     return cls(**value)

@@ -190,7 +190,9 @@ class BuilderConfig:
         if self.prescreen_keep is not None and not self.prescreen:
             raise ValueError("BuilderConfig.prescreen_keep needs prescreen=True; set prescreen=True or drop it.")
         if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"BuilderConfig.max_prompts must be >= 1, or None for every prompt; got {self.max_prompts}.")
+            raise ValueError(
+                f"BuilderConfig.max_prompts must be >= 1, or None for every prompt; got {self.max_prompts}."
+            )
         if self.prescreen_audit < 0:
             raise ValueError(f"BuilderConfig.prescreen_audit must be >= 0, got {self.prescreen_audit}.")
         strengths = (*self.calibration_coefficients, self.induce_coefficient, self.repair_coefficient)

@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--aligned-threshold", type=float, default=30.0, help="Misaligned when aligned < this.")
     parser.add_argument("--coherent-threshold", type=float, default=50.0, help="Coherent when coherent > this.")
     parser.add_argument("--bootstrap-samples", type=int, default=1000, help="Bootstrap resamples for confidence intervals.")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--output-dir", default="outputs/eval", help="Folder for the JSONL records and reports.")
     parser.set_defaults(func=run_from_args)
     return parser

@@ -320,8 +320,9 @@ def load_question_set(
         ids: Keep only these question ids, in this order.
 
     Raises:
-        FileNotFoundError: if ``source`` looks like a path (a `Path`, a question-file suffix, a leading ``/``,
-            ``.`` or ``~``, or more than one ``/``) and no such file exists, or if a Hub dataset cannot be loaded.
+        FileNotFoundError: if ``source`` looks like a path (a `Path`, a question-file suffix, or a name that
+            `blockem_trl.validation.is_path_like` reads as a path) and no such file exists, or if a Hub dataset
+            cannot be loaded.
         ValueError: on a file that cannot be read as questions, or an id in ``ids`` that is not in the set.
     """
     source_text = str(source)
